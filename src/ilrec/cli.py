@@ -1,0 +1,184 @@
+"""The ``ilrec`` command line: thin subcommands (parse → load config → build → run).
+
+Heavy libraries are imported inside the subcommands so ``ilrec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="validate a dataset folder and print its statistics")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder (LC-Rec format)")
+    p.set_defaults(func=cmd_check)
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="build a dataset folder (Amazon 2018 raw files or synthetic)")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    a = kinds.add_parser("amazon", help="raw Amazon Review Data 2018 files -> LC-Rec format")
+    a.add_argument("--reviews", required=True, type=Path, help="<Category>.json[.gz]")
+    a.add_argument("--meta", required=True, type=Path, help="meta_<Category>.json[.gz]")
+    a.add_argument("--out", required=True, type=Path)
+    a.add_argument("--name", default=None, help="dataset name X (default: from the file name)")
+    a.add_argument("--min-count", type=int, default=5, help="k of the k-core filter")
+    a.add_argument("--strict", action="store_true", help="fail on the first malformed line")
+    a.add_argument("--force", action="store_true", help="overwrite existing output files")
+    a.set_defaults(func=cmd_prepare_amazon)
+    s = kinds.add_parser("synthetic", help="generate the embedded synthetic dataset")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--users", type=int, default=3000)
+    s.add_argument("--items", type=int, default=600)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--name", default="Synthetic")
+    s.add_argument("--force", action="store_true", help="overwrite existing output files")
+    s.set_defaults(func=cmd_prepare_synthetic)
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build semantic IDs (RQ-VAE) and write X.index.json")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--embeddings", type=Path, default=None,
+                   help=".npy item embeddings (default: item texts with the sentence encoder)")
+    p.add_argument("--levels", type=int, default=4)
+    p.add_argument("--codebook", type=int, default=256, help="codes per level")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite an existing X.index.json")
+    p.set_defaults(func=cmd_index)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fine-tune a causal LM as a generative recommender")
+    p.add_argument("-c", "--config", type=Path, default=None, help="YAML config (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.beta=0.1")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="full-ranking HR/NDCG of a trained run")
+    p.add_argument("--run", required=True, type=Path, help="run folder written by `ilrec train`")
+    p.add_argument("--split", choices=["test", "valid"], default="test")
+    p.add_argument("--mode", choices=["beam", "exact"], default="beam")
+    p.add_argument("--beams", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--users", type=int, default=0, help="evaluate only the first N users (0 = all)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_train_cf(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-cf", help="train a classic recommender (SASRec, GRU4Rec, ...)")
+    p.add_argument("-c", "--config", type=Path, required=True, help="configs/cf/<model>.yaml")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. epochs=50")
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=cmd_train_cf)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ilrec.data.dataset import dataset_statistics, load_dataset
+
+    data = load_dataset(args.data, require_index=False)
+    print(f"{data.root}: {data.name}")
+    for key, value in dataset_statistics(data).items():
+        print(f"  {key:>22}: {value}")
+    return 0
+
+
+def cmd_prepare_amazon(args: argparse.Namespace) -> int:
+    from ilrec.data.amazon import prepare_amazon
+
+    report = prepare_amazon(
+        args.reviews, args.meta, args.out, name=args.name, min_count=args.min_count,
+        strict=args.strict, force=args.force,
+    )
+    print(report)
+    return 0
+
+
+def cmd_prepare_synthetic(args: argparse.Namespace) -> int:
+    from ilrec.data.synthetic import generate_synthetic
+
+    report = generate_synthetic(
+        args.out, n_users=args.users, n_items=args.items, seed=args.seed, name=args.name,
+        force=args.force,
+    )
+    print(report)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from ilrec.identifiers.index_command import index_dataset
+
+    index_dataset(args.data, args.embeddings, args.levels, args.codebook, args.epochs,
+                  args.seed, args.force)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ilrec.config import load_config
+    from ilrec.training.run import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ilrec.evaluation.report import evaluate_run
+
+    evaluate_run(args.run, args.split, args.mode, args.beams, args.batch_size, args.users)
+    return 0
+
+
+def cmd_train_cf(args: argparse.Namespace) -> int:
+    from ilrec.training.cf import load_cf_config, train_cf
+
+    config = load_cf_config(args.config, args.overrides)
+    result = train_cf(config, args.data, args.out, resume=args.resume)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ilrec",
+        description="Causal LMs as generative sequential recommenders, with ILRec.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_check, _add_prepare, _add_index, _add_train, _add_evaluate, _add_train_cf):
+        add(sub)
+    return parser
+
+
+# Errors users cause (bad files, bad configs) are reported in one line, without a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        if args.verbose:
+            raise
+        print(f"ilrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Typed run configuration: dataclasses loaded from YAML with dotted CLI overrides.
+
+``ilrec train -c configs/x.yaml objective.beta=0.1 train.epochs=3``. Unknown keys and values
+of the wrong type are errors that name the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/synthetic"  # dataset folder (LC-Rec format)
+    identifier: str = "semantic"  # semantic | title
+    format: str = "sequence"  # sequence | prompt | title
+    max_history: int = 20
+    paraphrases: int = 8  # training draws one of the first N LC-Rec paraphrases per example
+    valid_users: int = 500  # validation subsample for model selection (0 = all)
+
+    def __post_init__(self) -> None:
+        _choice("data.identifier", self.identifier, ("semantic", "title"))
+        _choice("data.format", self.format, ("sequence", "prompt", "title"))
+        if (self.identifier == "title") != (self.format == "title"):
+            raise ConfigError("data.identifier=title goes with data.format=title (and only it)")
+        _positive("data.max_history", self.max_history)
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "scratch"  # scratch | hf | smollm2
+    preset: str = "small"  # scratch presets: tiny | small | bench
+    path: str | None = None  # local Hugging Face folder for kind=hf
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    dtype: str = "float32"  # float32 | bfloat16
+    text_vocab_size: int = 2000  # BPE size for scratch models in prompt/title formats
+
+    def __post_init__(self) -> None:
+        _choice("model.kind", self.kind, ("scratch", "hf", "smollm2"))
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        if self.kind == "hf" and not self.path:
+            raise ConfigError("model.kind=hf needs model.path=<local Hugging Face folder>")
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "ce"  # ce | ilrec (see ilrec.training.objectives.OBJECTIVES)
+    alpha: float = 0.8
+    beta: float = 0.1
+    lambda_cpd: float = 0.01
+    mu_crr: float = 0.0
+    k: int = 1  # candidate layers directly below the last
+    layers: list[int] | None = None  # explicit candidate layers (overrides k)
+    ensemble: str = "mean"  # mean | variance | entropy | max_prob
+    head: str = "shared"  # shared (final norm + LM head) | separate (trainable copies)
+    negatives_from: str = "intermediate"  # intermediate | final
+    max_negatives: int | None = None
+    sign_aware: bool = False  # z + beta*w*|z| instead of z*(1+beta*w)
+    cpo: bool = True  # False: plain cross-entropy in place of CPO ("w/o CPO")
+    cf_run: str | None = None  # trained CF run folder for the CRR reward
+
+    def __post_init__(self) -> None:
+        _choice("objective.ensemble", self.ensemble, ("mean", "variance", "entropy", "max_prob"))
+        _choice("objective.head", self.head, ("shared", "separate"))
+        _choice("objective.negatives_from", self.negatives_from, ("intermediate", "final"))
+        if self.k < 0:
+            raise ConfigError(f"objective.k must be >= 0, got {self.k}")
+        if self.mu_crr > 0 and not self.cf_run:
+            raise ConfigError("objective.mu_crr > 0 needs a reward provider: objective.cf_run=DIR")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/demo"
+    epochs: float = 6.0
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.02
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    eval_every: int = 0  # steps between validations (0 = once per epoch)
+    save_total_limit: int = 3
+    logging_steps: int = 10
+    threads: int = 0  # torch threads per process (0 = all cores alone, 1 per process when distributed)
+    max_steps: int = -1
+
+    def __post_init__(self) -> None:
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.grad_accum", self.grad_accum)
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "beam"  # beam | exact
+    beams: int = 20
+    batch_size: int = 16
+    ks: list[int] = field(default_factory=lambda: [5, 10])
+
+    def __post_init__(self) -> None:
+        _choice("eval.mode", self.mode, ("beam", "exact"))
+        if self.beams < max(self.ks):
+            raise ConfigError(f"eval.beams={self.beams} is below the largest cutoff {max(self.ks)}")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def _positive(key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{key} must be >= 1, got {value}")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field annotation (ints widen to floats)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_name(annotation)}, got {value!r}")
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {_name(item_type)}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{key}: expected {_name(annotation)}, got {value!r}")
+    return value
+
+
+def _name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (valid: {sorted(known)})")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name}: expected a mapping, got {value!r}")
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(f"{prefix}{name}", value, hint)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (values parsed as YAML scalars/lists) to nested dicts."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        node = values
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults) and apply dotted overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: malformed YAML: {e}") from e
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections")
+    values = apply_overrides(values, overrides or [])
+    try:
+        return _build(Config, values, "")
+    except ConfigError as e:
+        raise ConfigError(f"{path or 'config'}: {e}") if path else e from None
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: Path) -> None:
+    from ilrec.data.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

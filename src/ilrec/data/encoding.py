@@ -1,0 +1,158 @@
+"""Turning examples into token ids: prompts, responses and the item identifier table.
+
+Three formats share one interface:
+
+- ``sequence``: ``BOS`` then the codes of every history item, no separators (compact, for
+  small models trained from scratch); the response of an item is its codes. A training
+  window supervises every item after its context (SASRec-style, one pass per window).
+- ``prompt``: the LC-Rec instruction (paraphrase chosen per training example); the response
+  is the item's codes followed by EOS.
+- ``title``: the BIGRec instruction with quoted titles; the response is the quoted title
+  followed by EOS.
+
+Labels are -100 on everything that is not a response token. No assumption is made about
+BOS: prompt formats use whatever the tokenizer adds.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ilrec.data.prompts import SEQREC_INSTRUCTIONS, quoted, seqrec_prompt, title_prompt
+from ilrec.data.split import Example, Window
+
+IGNORE_INDEX = -100
+FORMATS = ("sequence", "prompt", "title")
+
+
+@dataclass
+class Encoder:
+    """Encodes histories and items for one format, tokenizer and identifier table.
+
+    Attributes:
+        identifiers: the identifier text of every item (codes joined, or the title).
+        identifier_ids: the identifier token ids of every item (without EOS).
+    """
+
+    fmt: str
+    tokenizer: PreTrainedTokenizerBase
+    identifiers: list[str]
+    identifier_ids: list[list[int]]
+    n_paraphrases: int = len(SEQREC_INSTRUCTIONS)
+    _prompt_cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise ValueError(f"data.format must be one of {FORMATS}, got {self.fmt!r}")
+        if not 1 <= self.n_paraphrases <= len(SEQREC_INSTRUCTIONS):
+            raise ValueError(
+                f"data.paraphrases must be in 1..{len(SEQREC_INSTRUCTIONS)}, got {self.n_paraphrases}"
+            )
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token")
+
+    @classmethod
+    def for_codes(
+        cls, fmt: str, tokenizer: PreTrainedTokenizerBase, codes: dict[int, list[str]], **kw
+    ) -> Encoder:
+        """Semantic-ID identifiers (code tokens must already be in the tokenizer)."""
+        texts = ["".join(codes[i]) for i in range(len(codes))]
+        ids = [tokenizer.convert_tokens_to_ids(codes[i]) for i in range(len(codes))]
+        unk = tokenizer.unk_token_id
+        if any(t is None or (unk is not None and t == unk) for seq in ids for t in seq):
+            raise ValueError("some code tokens are not in the tokenizer; call add_code_tokens")
+        return cls(fmt, tokenizer, texts, ids, **kw)
+
+    @classmethod
+    def for_titles(cls, tokenizer: PreTrainedTokenizerBase, titles: list[str], **kw) -> Encoder:
+        """Title identifiers (BIGRec paradigm); titles must already be unique."""
+        texts = list(titles)
+        ids = [tokenizer.encode(quoted(t), add_special_tokens=False) for t in texts]
+        return cls("title", tokenizer, texts, ids, **kw)
+
+    # -- prompts and responses -------------------------------------------------------------
+    def prompt_ids(self, history: tuple[int, ...], paraphrase: int = 0) -> list[int]:
+        """Token ids of the prompt for a history (what precedes the response)."""
+        if self.fmt == "sequence":
+            ids = [self.tokenizer.bos_token_id]
+            for item in history:
+                ids.extend(self.identifier_ids[item])
+            return ids
+        if self.fmt == "prompt":
+            text = seqrec_prompt([self.identifiers[i] for i in history], paraphrase)
+        else:
+            text = title_prompt([self.identifiers[i] for i in history])
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
+    def response_ids(self, item: int) -> list[int]:
+        """Token ids the model must generate for ``item``."""
+        if self.fmt == "sequence":
+            return list(self.identifier_ids[item])
+        return [*self.identifier_ids[item], self.tokenizer.eos_token_id]
+
+    def item_table(self) -> torch.Tensor:
+        """``LongTensor[I, D]``: response ids of every item, right-padded with -1."""
+        responses = [self.response_ids(i) for i in range(len(self.identifier_ids))]
+        width = max(len(r) for r in responses)
+        table = torch.full((len(responses), width), -1, dtype=torch.long)
+        for i, r in enumerate(responses):
+            table[i, : len(r)] = torch.tensor(r)
+        return table
+
+    # -- training examples -----------------------------------------------------------------
+    def encode_example(self, example: Example, paraphrase: int = 0) -> dict[str, list[int]]:
+        """Prompt + response, labels only on the response."""
+        prompt = self.prompt_ids(example.history, paraphrase)
+        response = self.response_ids(example.target)
+        return {
+            "input_ids": prompt + response,
+            "labels": [IGNORE_INDEX] * len(prompt) + response,
+        }
+
+    def encode_window(self, window: Window) -> dict[str, list[int]]:
+        """Sequence format: every item from ``window.supervise_from`` on is supervised."""
+        if self.fmt != "sequence":
+            raise ValueError("training windows exist only in the 'sequence' format")
+        input_ids, labels = [self.tokenizer.bos_token_id], [IGNORE_INDEX]
+        for position, item in enumerate(window.items):
+            ids = self.identifier_ids[item]
+            input_ids.extend(ids)
+            labels.extend(ids if position >= window.supervise_from else [IGNORE_INDEX] * len(ids))
+        return {"input_ids": input_ids, "labels": labels}
+
+    def encode_training(
+        self, examples: list[Example], windows: list[Window], seed: int
+    ) -> list[dict[str, list[int]]]:
+        """All training features: windows in the sequence format, prefixes otherwise."""
+        if self.fmt == "sequence":
+            return [self.encode_window(w) for w in windows]
+        rng = random.Random(seed)
+        return [self.encode_example(e, rng.randrange(self.n_paraphrases)) for e in examples]
+
+
+@dataclass
+class PaddingCollator:
+    """Right-pads ``input_ids`` (with ``pad_token_id``) and ``labels`` (with -100)."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        length = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {
+            "input_ids": torch.full((len(features), length), self.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(features), length), dtype=torch.long),
+            "labels": torch.full((len(features), length), IGNORE_INDEX, dtype=torch.long),
+        }
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            batch["input_ids"][row, :n] = torch.tensor(f["input_ids"])
+            batch["attention_mask"][row, :n] = 1
+            batch["labels"][row, :n] = torch.tensor(f["labels"])
+        return batch

@@ -1,0 +1,68 @@
+"""``ilrec evaluate``: metrics of a trained run next to popularity, as JSON and markdown."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from ilrec.config import load_config
+from ilrec.data.io import atomic_write_json, atomic_write_text
+from ilrec.data.split import popularity_counts
+from ilrec.evaluation.ranking import evaluate_examples, popularity_metrics
+from ilrec.training.setup import load_setup, load_trained, make_encoder, set_threads
+
+METRIC_KEYS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10")
+
+
+def markdown_table(rows: dict[str, dict[str, float]], keys=METRIC_KEYS) -> str:
+    """A markdown table with one row per method and one column per metric."""
+    lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, metrics in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def evaluate_run(
+    run_dir: Path,
+    split: str = "test",
+    mode: str = "beam",
+    beams: int = 20,
+    batch_size: int = 16,
+    users: int = 0,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Evaluate the selected model of ``run_dir`` on ``split``; writes ``eval_<split>_<mode>``."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    set_threads(config.train.threads)
+    setup = load_setup(config)
+    model, tokenizer = load_trained(run_dir, setup)
+    encoder = make_encoder(setup, tokenizer)
+    examples = setup.splits.examples(split)
+    if users > 0:
+        examples = examples[:users]
+    ks = tuple(config.eval.ks)
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    start = time.perf_counter()
+    metrics, _ = evaluate_examples(
+        model, encoder, examples, mode=mode, beams=beams, batch_size=batch_size, ks=ks,
+        progress=progress and main,
+    )
+    seconds = time.perf_counter() - start
+    rows = {
+        "popularity": popularity_metrics(popularity_counts(setup.splits, setup.data.n_items), examples, ks),
+        f"model ({mode})": metrics,
+    }
+    if main:
+        stem = run_dir / f"eval_{split}_{mode}"
+        atomic_write_json(
+            stem.with_suffix(".json"),
+            {"split": split, "mode": mode, "beams": beams, "users": len(examples),
+             "seconds": round(seconds, 2), "metrics": rows},
+        )
+        table = markdown_table(rows)
+        atomic_write_text(stem.with_suffix(".md"), table + "\n")
+        print(f"{split} split, {len(examples)} users, {mode} mode, {seconds:.1f} s\n{table}")
+    return rows

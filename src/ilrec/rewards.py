@@ -1,0 +1,135 @@
+r"""Token-level collaborative rewards (paper Section 2.4, Eq. 10).
+
+A collaborative-filtering model (SASRec by default) gives each user a distribution
+:math:`R(i)` over all items. For a supervised position whose target identifier has the prefix
+:math:`c_{<t}` (the identifier tokens before the supervised one), the reward of a token ``v``
+is the CF mass of the items continuing that prefix with ``v``, relative to the CF mass of all
+items sharing the prefix:
+
+.. math:: r_v = \frac{\sum_{i:\, c_{<t} v \text{ prefixes } i} R(i)}
+                      {\sum_{i:\, c_{<t} \text{ prefixes } i} R(i)} .
+
+The rewards become the soft labels of the CRR loss (:func:`ilrec.losses.crr_loss`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["prefix_rewards"]
+
+# Upper bound on the temporary memory of one chunk of positions (match matrix and friends).
+_CHUNK_BYTES = 256 * 1024 * 1024
+
+
+@torch.no_grad()
+def prefix_rewards(
+    item_probs: Tensor,
+    item_tokens: Tensor,
+    prefix_len: Tensor,
+    prefix_tokens: Tensor,
+    vocab_size: int,
+) -> Tensor:
+    r"""Eq. 10 token rewards for every supervised position and every vocabulary token.
+
+    For position ``n`` with prefix ``c = prefix_tokens[n, :p]``, ``p = prefix_len[n]`` (the
+    rest of the row is ignored, e.g. padding), and token ``v``:
+
+    .. math:: r_{n,v} = \frac{\sum_{i:\ \mathrm{tok}[i,:p] = c,\ \mathrm{tok}[i,p] = v} R_n(i)}
+                             {\sum_{i:\ \mathrm{tok}[i,:p] = c} R_n(i)}
+
+    - Identifiers may have different lengths: ``item_tokens`` is right-padded with ``-1``.
+      An item whose identifier has exactly ``p`` tokens matches the prefix (it counts in the
+      denominator) but continues with no token (it contributes to no :math:`r_v`). So the
+      rewards of a row sum to 1 when no item's identifier ends at the prefix (prefix-free
+      identifiers, e.g. semantic IDs or titles followed by an end token) and to less than 1
+      otherwise.
+    - Tokens that continue no matching item get 0.
+    - If the prefix matches no item, or the matching items have zero total mass, the row is
+      all zeros.
+
+    Implementation: for each distinct prefix length ``p`` (at most ``D + 1`` of them), a
+    boolean match matrix ``[n, I]`` compares the prefixes with ``item_tokens[:, :p]``; the
+    matched CF mass is summed into the vocabulary by ``index_add`` on ``item_tokens[:, p]``.
+    Positions are processed in chunks so the temporaries stay under about 256 MB. No
+    gradient is recorded.
+
+    Args:
+        item_probs: ``[N, I]`` CF item probabilities :math:`R_n(i)` per position (any float
+            dtype; rows need not be normalised, only ratios matter).
+        item_tokens: ``[I, D]`` token ids of every item's identifier, padded with ``-1``.
+        prefix_len: ``[N]`` number of identifier tokens before the supervised one,
+            ``0 <= prefix_len <= D``.
+        prefix_tokens: ``[N, D]`` the target identifier's tokens (only the first
+            ``prefix_len[n]`` of row ``n`` are read).
+        vocab_size: ``V``, the size of the returned last dimension; every identifier token
+            must be ``< V``.
+
+    Returns:
+        ``[N, V]`` float32 rewards.
+    """
+    if item_probs.dim() != 2 or item_tokens.dim() != 2:
+        raise ValueError(
+            f"item_probs must be [N, I] and item_tokens [I, D], got {tuple(item_probs.shape)} "
+            f"and {tuple(item_tokens.shape)}"
+        )
+    n_pos, n_items = item_probs.shape
+    if item_tokens.shape[0] != n_items:
+        raise ValueError(
+            f"item_probs has I={n_items} items but item_tokens has {item_tokens.shape[0]} rows"
+        )
+    depth = item_tokens.shape[1]
+    if prefix_len.shape != (n_pos,):
+        raise ValueError(f"prefix_len must be [N]=[{n_pos}], got {tuple(prefix_len.shape)}")
+    if prefix_tokens.dim() != 2 or prefix_tokens.shape[0] != n_pos:
+        raise ValueError(
+            f"prefix_tokens must be [N, D] with N={n_pos}, got {tuple(prefix_tokens.shape)}"
+        )
+    if item_tokens.numel() and int(item_tokens.max()) >= vocab_size:
+        raise ValueError(
+            f"item_tokens holds token id {int(item_tokens.max())} >= vocab_size={vocab_size}"
+        )
+
+    device = item_probs.device
+    probs = item_probs.detach().float()
+    item_tokens = item_tokens.to(device=device, dtype=torch.long)
+    prefix_len = prefix_len.to(device=device, dtype=torch.long)
+    prefix_tokens = prefix_tokens.to(device=device, dtype=torch.long)
+    out = torch.zeros(n_pos, vocab_size, dtype=torch.float32, device=device)
+    if n_pos == 0:
+        return out
+    if int(prefix_len.min()) < 0 or int(prefix_len.max()) > depth:
+        raise ValueError(f"prefix_len must lie in [0, D={depth}]")
+    if int(prefix_len.max()) > prefix_tokens.shape[1]:
+        raise ValueError(
+            f"prefix_len up to {int(prefix_len.max())} but prefix_tokens has only "
+            f"{prefix_tokens.shape[1]} columns"
+        )
+
+    for p in torch.unique(prefix_len).tolist():
+        rows = (prefix_len == p).nonzero().squeeze(1)
+        if p < depth:
+            next_tok = item_tokens[:, p]
+            continuing = (next_tok >= 0).nonzero().squeeze(1)  # items with a token at p
+            next_tok = next_tok[continuing]
+        else:
+            continuing = next_tok = item_tokens.new_zeros(0)
+        # bytes per position: p match booleans + 1 flag + float mass (+ slack) per item,
+        # and the float numerator row over the vocabulary
+        per_row = max(1, n_items * (p + 1 + 8) + vocab_size * 8)
+        chunk = max(1, _CHUNK_BYTES // per_row)
+        for start in range(0, rows.numel(), chunk):
+            idx = rows[start : start + chunk]
+            if p == 0:
+                mass = probs[idx]  # every item matches the empty prefix
+            else:
+                match = (item_tokens[None, :, :p] == prefix_tokens[idx, None, :p]).all(-1)
+                mass = probs[idx] * match
+            denom = mass.sum(1, keepdim=True)  # [n, 1]
+            numer = torch.zeros(idx.numel(), vocab_size, dtype=torch.float32, device=device)
+            if continuing.numel():
+                numer.index_add_(1, next_tok, mass[:, continuing])
+            safe = denom > 0
+            out[idx] = torch.where(safe, numer / denom.clamp_min(1e-38), torch.zeros_like(numer))
+    return out

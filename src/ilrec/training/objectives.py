@@ -1,0 +1,72 @@
+"""Training objectives, dispatched through a plain registry (``OBJECTIVES``).
+
+An objective maps ``(model, batch)`` to a scalar loss plus floats to log. Logits are only
+computed at supervised positions (the identifier tokens of the response).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ilrec.config import ObjectiveConfig
+from ilrec.models.layers import gather, lm_parts, supervised_positions
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ForwardResult:
+    """Hidden states of one batch, gathered at the supervised positions."""
+
+    hidden: tuple[torch.Tensor, ...]  # per layer, [B, T, H]; the last one is normed
+    index: torch.Tensor  # [N, 2]
+    targets: torch.Tensor  # [N]
+
+
+def forward_supervised(model: nn.Module, batch: dict[str, torch.Tensor]) -> ForwardResult:
+    """One forward through the (possibly DDP-wrapped) model, keeping every hidden state.
+
+    The model's own head runs on one position only (``logits_to_keep=1``); the objective
+    applies the head to the supervised positions itself, so no ``[B, T, V]`` tensor exists.
+    """
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        output_hidden_states=True,
+        logits_to_keep=1,
+        use_cache=False,
+    )
+    index, targets = supervised_positions(batch["labels"])
+    return ForwardResult(out.hidden_states, index, targets)
+
+
+class CrossEntropyObjective:
+    """Plain SFT cross-entropy on the response tokens (paper Eq. 1)."""
+
+    def __init__(self, cfg: ObjectiveConfig, model: nn.Module) -> None:
+        self.cfg = cfg
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
+        result = forward_supervised(model, batch)
+        head = lm_parts(model).head
+        logits = head(gather(result.hidden[-1], result.index)).float()  # [N, V]
+        loss = F.cross_entropy(logits, result.targets)
+        return ObjectiveOutput(loss, {"ce": loss.item()})
+
+
+def build_objective(cfg: ObjectiveConfig, model: nn.Module) -> Callable:
+    if cfg.name not in OBJECTIVES:
+        raise ValueError(f"objective.name must be one of {sorted(OBJECTIVES)}, got {cfg.name!r}")
+    return OBJECTIVES[cfg.name](cfg, model)
+
+
+OBJECTIVES: dict[str, type] = {"ce": CrossEntropyObjective}

@@ -1,0 +1,105 @@
+"""From a config to data, identifiers, encoder, model and tokenizer (shared by ``train`` and
+``evaluate``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ilrec.config import Config
+from ilrec.data.dataset import InteractionData, load_dataset
+from ilrec.data.encoding import Encoder
+from ilrec.data.prompts import SEQREC_INSTRUCTIONS, TITLE_INPUT, TITLE_INSTRUCTION, quoted
+from ilrec.data.split import Splits, leave_one_out
+from ilrec.identifiers.semantic import make_unique
+from ilrec.identifiers.vocab import unique_titles
+from ilrec.models.backbones import BackboneInputs, build_backbone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Setup:
+    config: Config
+    data: InteractionData
+    splits: Splits
+    codes: dict[int, list[str]] | None  # unique semantic codes (None in the title paradigm)
+    titles: list[str] | None  # unique titles (title paradigm)
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's intra-op threads deliberately: oversubscribed cores make CPU training
+    10-40x slower (platform.md). 0 = all cores alone, 1 per process when distributed."""
+    if threads <= 0:
+        threads = 1 if world_size() > 1 else (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def load_setup(config: Config) -> Setup:
+    data = load_dataset(config.data.path, require_index=config.data.identifier == "semantic")
+    splits = leave_one_out(data, config.data.max_history)
+    codes = make_unique(data.codes) if config.data.identifier == "semantic" else None
+    titles = unique_titles(data.titles()) if config.data.identifier == "title" else None
+    return Setup(config, data, splits, codes, titles)
+
+
+def text_corpus(setup: Setup) -> list[str]:
+    """Texts a from-scratch text tokenizer is trained on: the prompt templates and titles."""
+    corpus = [*SEQREC_INSTRUCTIONS, TITLE_INSTRUCTION, TITLE_INPUT]
+    corpus += [
+        "Below is an instruction that describes a task. Write a response that "
+        "appropriately completes the request. ### Instruction: ### Input: ### Response:"
+    ]
+    if setup.titles:
+        corpus += [quoted(t) for t in setup.titles]
+    return corpus
+
+
+def make_encoder(setup: Setup, tokenizer: PreTrainedTokenizerBase) -> Encoder:
+    cfg = setup.config.data
+    if cfg.identifier == "title":
+        return Encoder.for_titles(tokenizer, setup.titles, n_paraphrases=cfg.paraphrases)
+    return Encoder.for_codes(cfg.format, tokenizer, setup.codes, n_paraphrases=cfg.paraphrases)
+
+
+def build_model(setup: Setup) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    inputs = BackboneInputs(
+        fmt=setup.config.data.format,
+        codes=setup.codes,
+        corpus=text_corpus(setup) if setup.config.model.kind == "scratch" else [],
+        max_length=max_length(setup),
+    )
+    return build_backbone(setup.config.model, inputs)
+
+
+def max_length(setup: Setup) -> int:
+    """Position budget for scratch models: the longest prompt + response, with headroom."""
+    if setup.config.data.format == "sequence":
+        depth = max(len(c) for c in setup.codes.values())
+        return 1 + (setup.config.data.max_history + 1) * depth + 8
+    return 1024
+
+
+def load_trained(run_dir: Path, setup: Setup) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The selected model and tokenizer saved in a run folder."""
+    model_dir = run_dir / "model"
+    if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{model_dir}: no trained model (did `ilrec train` finish?)")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    if (model_dir / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(model_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return model.eval(), tokenizer

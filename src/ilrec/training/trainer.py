@@ -1,0 +1,78 @@
+"""A thin ``transformers.Trainer`` subclass: the loss comes from a pluggable objective and
+``evaluate`` computes full-ranking HR/NDCG on a validation subsample (model selection)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from ilrec.training.runfiles import append_jsonl
+
+
+class RecTrainer(Trainer):
+    """Trainer whose ``compute_loss`` calls ``objective(model, batch)``.
+
+    Args:
+        objective: maps ``(model, batch)`` to an ``ObjectiveOutput`` (loss + floats to log).
+        rank_metrics_fn: maps the model to validation ranking metrics (``{"ndcg@10": ...}``).
+    """
+
+    def __init__(
+        self,
+        *args,
+        objective: Callable,
+        rank_metrics_fn: Callable[[torch.nn.Module], dict[str, float]],
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.rank_metrics_fn = rank_metrics_fn
+        self._objective_logs: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = self.objective(model, inputs)
+        if model.training:
+            for key, value in out.logs.items():
+                self._objective_logs[key].append(value)
+        return (out.loss, None) if return_outputs else out.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._objective_logs:
+            for key, values in self._objective_logs.items():
+                logs[key] = round(sum(values) / len(values), 6)
+            self._objective_logs.clear()
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        metrics = self.rank_metrics_fn(self.model)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        metrics["epoch"] = self.state.epoch
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class JsonlLogger(TrainerCallback):
+    """Appends every log record (with step and epoch) to ``metrics.jsonl`` on the main process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # After a resume, drop records past the checkpoint we restarted from.
+        if state.is_world_process_zero and self.path.exists() and state.global_step > 0:
+            keep = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line and json.loads(line).get("step", 0) <= state.global_step
+            ]
+            self.path.write_text("".join(f"{line}\n" for line in keep))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            append_jsonl(self.path, {"step": state.global_step, **logs})
