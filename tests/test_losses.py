@@ -387,3 +387,11 @@ def test_empty_positions_give_zero_with_graph():
     ):
         assert loss.item() == 0.0
         loss.backward()
+
+
+def test_cpo_numerator_uses_unpenalized_target_logit():
+    # Eq. 7's numerator is exp(z_y) even if a caller passes a weight on the target.
+    z = _t([[1.0, 2.0, 0.5]])
+    w = _t([[1.0, 0.0, 0.0]])
+    expected = math.log(math.exp(1.0 * 1.5) + math.exp(2.0) + math.exp(0.5)) - 1.0
+    torch.testing.assert_close(cpo_loss(z, torch.tensor([0]), w, 0.5), torch.tensor(expected))

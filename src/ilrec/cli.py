@@ -167,10 +167,9 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        logging.getLogger("ilrec").setLevel(logging.DEBUG)
     try:
         return args.func(args)
     except USER_ERRORS as e:

@@ -46,7 +46,7 @@ def target_ranks(ranked: Tensor, targets: Tensor) -> Tensor:
     if ranked.shape[1] == 0:
         return torch.full((ranked.shape[0],), -1, dtype=torch.long, device=ranked.device)
     # argmax returns the index of the first maximal value.
-    first = hits.sum(1) - 1
+    first = hits.to(torch.uint8).argmax(dim=1)
     return torch.where(hits.any(dim=1), first, torch.full_like(first, -1)).long()
 
 

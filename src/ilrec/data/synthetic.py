@@ -209,21 +209,22 @@ def _split_counts(n_items: int, weights: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _title(rng: np.random.Generator, brand: str, noun: str, seen: set[str]) -> str:
+def _title(rng: np.random.Generator, brand: str, noun: str, seen: set[str]) -> tuple[str, str]:
+    """A unique title (the model number is redrawn on a clash) and its adjective."""
     prefix = "".join(w[0] for w in brand.split()) if " " in brand else brand[:2]
     while True:
         adj = ADJECTIVES[rng.integers(len(ADJECTIVES))]
         title = f"{brand} {adj} {noun} {prefix.upper()}-{rng.integers(100, 1000)}"
         if title not in seen:
             seen.add(title)
-            return title
+            return title, adj
 
 
-def _describe(rng: np.random.Generator, title: str, sub: str, style: np.ndarray) -> str:
+def _describe(rng: np.random.Generator, brand: str, adj: str, noun: str, style: np.ndarray) -> str:
     features = rng.choice(len(FEATURES), size=2, replace=False)
     audience = AUDIENCES[int(np.argmax(style[: len(AUDIENCES)]))]  # text hints at the style
     return (
-        f"{title} from our {sub.lower()} range. {FEATURES[features[0]]} "
+        f"The {adj.lower()} {noun.lower()} from {brand}. {FEATURES[features[0]]} "
         f"{FEATURES[features[1]]} Ideal for {audience}."
     )
 
@@ -249,7 +250,7 @@ def _catalogue(rng: np.random.Generator, n_items: int) -> _Catalogue:
     subcats = _subcategories()
     names = [s for _, s in subcats]
     counts = _split_counts(n_items, rng.dirichlet(np.full(len(subcats), 6.0)))
-    subs = np.repeat(np.arange(len(subcats)), counts)
+    subs = rng.permutation(np.repeat(np.arange(len(subcats)), counts))  # ids carry no category
     tops = np.array([subcats[s][0] for s in subs])
     brand_names = list(BRANDS)
     brand_weight = rng.uniform(0.5, 2.0, size=len(brand_names))
@@ -266,8 +267,9 @@ def _catalogue(rng: np.random.Generator, n_items: int) -> _Catalogue:
     for item in range(n_items):
         top, sub, brand = top_names[tops[item]], names[subs[item]], brand_names[brands[item]]
         nouns = TAXONOMY[top][sub]
-        title = _title(rng, brand, nouns[rng.integers(len(nouns))], seen)
-        description = _describe(rng, title, sub, style[item])
+        noun = nouns[rng.integers(len(nouns))]
+        title, adj = _title(rng, brand, noun, seen)
+        description = _describe(rng, brand, adj, noun, style[item])
         items.append(
             {"title": title, "description": description, "brand": brand, "categories": [top, sub]}
         )

@@ -184,6 +184,27 @@ class RQVAE(nn.Module):
                 -1.0 / cfg.codebook_size, 1.0 / cfg.codebook_size
             )
         )
+        # Inputs are centred and divided by one global scale (geometry is preserved). Without
+        # it, unit-norm sentence embeddings (entries ~0.05) give a reconstruction loss so small
+        # that the quantisation terms win and the encoder collapses onto a single code.
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+        self.register_buffer("input_scale", torch.ones(()))
+
+    @torch.no_grad()
+    def fit_normalisation(self, x: torch.Tensor) -> None:
+        """Set the input centring and scale from data ``x [N, D]`` (mean per-dim variance 1)."""
+        mean = x.mean(0)
+        self.input_mean.copy_(mean)
+        self.input_scale.copy_(((x - mean) ** 2).mean().sqrt().clamp_min(1e-12))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Map raw inputs ``[N, D]`` to the space the model is trained in."""
+        return (x - self.input_mean) / self.input_scale
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantised reconstruction of raw inputs ``[N, D]``, in the raw input space."""
+        z_q = self.quantize(self.encoder(self.normalise(x)))[0]
+        return self.decoder(z_q) * self.input_scale + self.input_mean
 
     def quantize(
         self, z: torch.Tensor
@@ -225,26 +246,26 @@ class RQVAE(nn.Module):
         """Encode, quantise, decode.
 
         Args:
-            x: inputs ``[N, D]``.
+            x: raw inputs ``[N, D]``.
 
         Returns:
-            ``(x_hat [N, D], codes [N, levels], loss)`` with
-            ``loss = MSE(x, x_hat) + quant_loss``.
+            ``(x_hat [N, D], codes [N, levels], loss)`` with ``x_hat`` in the normalised space
+            and ``loss = MSE(normalise(x), x_hat) + quant_loss``.
         """
-        z = self.encoder(x)
-        z_q, codes, quant_loss, _ = self.quantize(z)
+        xn = self.normalise(x)
+        z_q, codes, quant_loss, _ = self.quantize(self.encoder(xn))
         x_hat = self.decoder(z_q)
-        return x_hat, codes, F.mse_loss(x_hat, x) + quant_loss
+        return x_hat, codes, F.mse_loss(x_hat, xn) + quant_loss
 
     @torch.no_grad()
     def init_codebooks(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Initialise each level's codebook by k-means on that level's residuals.
 
         Args:
-            x: inputs ``[N, D]`` (typically the whole item set, or a random subset).
+            x: raw inputs ``[N, D]`` (typically the whole item set, or a random subset).
             generator: RNG for k-means seeding.
         """
-        residual = self.encoder(x)
+        residual = self.encoder(self.normalise(x))
         for level in range(self.cfg.levels):
             centroids, assign = kmeans(
                 residual, self.cfg.codebook_size, self.cfg.kmeans_iters, generator
@@ -298,6 +319,7 @@ def train_rqvae(
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         model = RQVAE(xt.shape[1], cfg).to(device)
+        model.fit_normalisation(xt)
         init_idx = torch.randperm(n, generator=gen)[: cfg.kmeans_max_points].sort().values
         gen_dev = torch.Generator(device=device).manual_seed(cfg.seed)
         model.init_codebooks(xt[init_idx.to(device)], gen_dev)
@@ -341,8 +363,9 @@ def assign_codes(
     sq_err = 0.0
     for part in xt.float().split(chunk_size):
         part = part.to(device)
-        z_q, c, _, r = model.quantize(model.encoder(part))
-        sq_err += float(((model.decoder(z_q) - part) ** 2).sum())
+        z_q, c, _, r = model.quantize(model.encoder(model.normalise(part)))
+        x_hat = model.decoder(z_q) * model.input_scale + model.input_mean
+        sq_err += float(((x_hat - part) ** 2).sum())
         codes.append(c.cpu())
         residuals.append(r.cpu())
     return torch.cat(codes), torch.cat(residuals), sq_err / max(xt.numel(), 1)

@@ -67,7 +67,7 @@ class PrefixTrie:
         """
         tokens = torch.as_tensor(item_tokens, dtype=torch.long)
         lengths = _validate_table(tokens)
-        n_items, max_len = tokens.shape
+        n_items, max_len = tokens.shape[0], int(lengths.max())
         key_base = int(tokens.max().item()) + 1
         parents = [torch.full((1,), -1, dtype=torch.long)]
         node_tokens = [torch.full((1,), -1, dtype=torch.long)]
@@ -178,6 +178,17 @@ class PrefixTrie:
         nodes = nodes.long()
         items = self.node_item[nodes.clamp(min=0)]
         return torch.where(nodes >= 0, items, torch.full_like(items, -1))
+
+    def match(self, tokens: Tensor) -> Tensor:
+        """Item whose identifier starts each row of ``tokens[B, T]`` (e.g. generated
+        continuations; anything after the identifier is ignored) -> ``[B]``, -1 if none."""
+        tokens = tokens.to(self.device, torch.long)
+        nodes = torch.zeros(tokens.shape[0], dtype=torch.long, device=self.device)
+        found = torch.full_like(nodes, -1)
+        for t in range(tokens.shape[1]):
+            nodes = torch.where(found >= 0, -1, self.step(nodes, tokens[:, t]))
+            found = torch.where(found >= 0, found, self.item_at(nodes))
+        return found
 
     def edge_slices(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
         """Flattened (row, edge) pairs for all children of ``nodes[B]`` (vectorized CSR read)."""

@@ -4,6 +4,7 @@ validation model and save it with the run's config, environment and logs."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ilrec.data.io import atomic_write_json
 from ilrec.evaluation.ranking import evaluate_examples
 from ilrec.training.objectives import build_objective
 from ilrec.training.runfiles import write_environment
-from ilrec.training.setup import build_model, load_setup, make_encoder, set_threads
+from ilrec.training.setup import build_model, load_setup, make_encoder, set_threads, world_size
 from ilrec.training.trainer import JsonlLogger, RecTrainer
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,10 @@ def training_arguments(config: Config, run_dir: Path, steps_per_epoch: int) -> T
         metric_for_best_model="ndcg@10",
         greater_is_better=True,
         logging_steps=t.logging_steps,
-        logging_dir=str(run_dir / "tensorboard"),
         report_to=["tensorboard"],
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
-        ddp_backend=None if torch.cuda.is_available() else "gloo",
+        ddp_backend="gloo" if world_size() > 1 and not torch.cuda.is_available() else None,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         bf16=config.model.dtype == "bfloat16" and torch.cuda.is_available(),
@@ -123,11 +123,13 @@ def train(
         )
         return metrics
 
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     args = training_arguments(config, run_dir, len(features))
     trainer = RecTrainer(
         model=model,
         args=args,
         train_dataset=FeatureDataset(features),
+        eval_dataset=valid,  # ranked by rank_metrics_fn, not by the Trainer's loss loop
         data_collator=PaddingCollator(tokenizer.pad_token_id),
         objective=build_objective(config.objective, model),
         rank_metrics_fn=rank_metrics_fn,

@@ -26,7 +26,9 @@ from torch import Tensor, nn
 PAD = 0
 
 
-def pad_histories(histories: Sequence[Sequence[int]], max_len: int | None = None) -> tuple[Tensor, Tensor]:
+def pad_histories(
+    histories: Sequence[Sequence[int]], max_len: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Right-pad item histories (ids ``0..n_items-1``) into model inputs.
 
     Args:
@@ -80,7 +82,9 @@ class SequentialRecommender(nn.Module):
     def __init__(self, n_items: int, embedding_size: int) -> None:
         super().__init__()
         if n_items < 1 or embedding_size < 1:
-            raise ValueError(f"n_items and embedding_size must be >= 1, got {n_items}, {embedding_size}")
+            raise ValueError(
+                f"n_items and embedding_size must be >= 1, got {n_items}, {embedding_size}"
+            )
         self.n_items = n_items
         self.embedding_size = embedding_size
         self.user_index: dict[str, int] = {}

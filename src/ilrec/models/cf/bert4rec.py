@@ -47,6 +47,7 @@ class BERT4Rec(SequentialRecommender):
             raise ValueError(f"mask_prob must be in (0, 1], got {mask_prob}")
         d = embedding_size
         self.mask_token = n_items + 1
+        self.max_history = max_history
         self.max_len = max_history + 1
         self.mask_prob = mask_prob
         self.item_emb = nn.Embedding(n_items + 2, d, padding_idx=PAD)  # + padding + mask
@@ -67,7 +68,9 @@ class BERT4Rec(SequentialRecommender):
         """Bidirectional states of every position, ``[B, T] -> [B, T, d]`` (padding ignored)."""
         length = item_seq.shape[1]
         if length > self.max_len:
-            raise ValueError(f"BERT4Rec got sequences of {length} tokens; the limit is {self.max_len}")
+            raise ValueError(
+                f"BERT4Rec got sequences of {length} tokens; the limit is {self.max_len}"
+            )
         positions = torch.arange(length, device=item_seq.device)
         x = self.dropout(self.emb_norm(self.item_emb(item_seq) + self.pos_emb(positions)))
         padding_mask = positions.unsqueeze(0) >= seq_len.unsqueeze(1)  # [B, T], True = ignore

@@ -46,7 +46,12 @@ class SASRec(SequentialRecommender):
         self.pos_emb = nn.Embedding(max_history, d)
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
-            d, n_heads, inner_size or 4 * d, dropout, activation="relu", batch_first=True,
+            d,
+            n_heads,
+            inner_size or 4 * d,
+            dropout,
+            activation="relu",
+            batch_first=True,
             norm_first=True,
         )
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
@@ -61,7 +66,9 @@ class SASRec(SequentialRecommender):
     ) -> Tensor:
         length = item_seq.shape[1]
         if length > self.max_history:
-            raise ValueError(f"SASRec got sequences of {length} items; max_history={self.max_history}")
+            raise ValueError(
+                f"SASRec got sequences of {length} items; max_history={self.max_history}"
+            )
         positions = torch.arange(length, device=item_seq.device)
         x = self.item_emb(item_seq) * math.sqrt(self.embedding_size) + self.pos_emb(positions)
         x = self.dropout(x)  # [B, T, d]
