@@ -220,3 +220,11 @@ def test_kcore_is_the_maximal_core(pairs: list[tuple[int, int]], k: int) -> None
             break
         alt = new
     assert (keep == alt).all()
+
+
+def test_truncated_gzip_is_reported(raw: tuple[Path, Path], tmp_path: Path) -> None:
+    data = gzip.compress(("\n".join(_review_lines(False)) + "\n").encode(), mtime=0)
+    cut = tmp_path / "Cut.json.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"Cut\.json\.gz: unreadable after line \d+"):
+        prepare_amazon(cut, raw[1], tmp_path / "out", progress=False)

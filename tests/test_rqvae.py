@@ -18,7 +18,7 @@ from ilrec.identifiers.rqvae import (
 )
 from ilrec.identifiers.semantic import build_index, collision_groups, prefix_conflicts
 
-SMALL = {"hidden_dims": (64, 32), "e_dim": 8, "batch_size": 64}
+SMALL = {"hidden_dims": (64, 32), "e_dim": 8, "batch_size": 64, "lr": 3e-3}
 
 
 def _clusters(n: int = 300, dim: int = 16, k: int = 12, seed: int = 0) -> np.ndarray:
@@ -75,7 +75,7 @@ def test_resolve_collisions_full_prefix_left_for_make_unique():
 
 def test_rqvae_learns_codes_and_ids_become_unique():
     x = _clusters()
-    cfg = RQVAEConfig(levels=3, codebook_size=16, epochs=15, seed=0, **SMALL)
+    cfg = RQVAEConfig(levels=3, codebook_size=16, epochs=40, seed=0, **SMALL)
     fit = fit_codes(x, cfg, progress=False)
     assert fit.codes.shape == (300, 3)
     assert fit.recon_mse < 0.5 * fit.baseline_mse
@@ -84,7 +84,7 @@ def test_rqvae_learns_codes_and_ids_become_unique():
     assert fit.utilisation == code_utilisation(torch.from_numpy(fit.codes), 16)
     assert fit.collision_rate_after <= fit.collision_rate_before
 
-    res = build_index(x, levels=3, codebook_size=16, epochs=15, seed=0, progress=False, **SMALL)
+    res = build_index(x, levels=3, codebook_size=16, epochs=40, seed=0, progress=False, **SMALL)
     assert len(res.codes) == 300
     assert collision_groups(res.codes) == []
     assert prefix_conflicts(res.codes) == []

@@ -12,7 +12,7 @@ from ilrec.data.dataset import InteractionData, collision_count, load_dataset
 from ilrec.data.split import leave_one_out, popularity_counts
 from ilrec.data.synthetic import BRANDS, COMPLEMENTS, STYLE_DIM, TAXONOMY, generate_synthetic
 
-SMALL = {"n_users": 800, "n_items": 300, "seed": 3, "index_epochs": 20}
+SMALL = {"n_users": 800, "n_items": 300, "seed": 0, "index_epochs": 20}
 SUFFIXES = ["inter.json", "item.json", "item2id", "user2id", "item_features.npy", "index.json"]
 
 
@@ -111,7 +111,7 @@ def test_deterministic(small: tuple[Path, object], tmp_path: Path) -> None:
         name = f"Synthetic.{suffix}"
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
     other = tmp_path / "other"
-    generate_synthetic(other, **{**SMALL, "seed": 4}, index=False)
+    generate_synthetic(other, **{**SMALL, "seed": 1}, index=False)
     assert (other / "Synthetic.inter.json").read_bytes() != (
         out / "Synthetic.inter.json"
     ).read_bytes()

@@ -7,6 +7,7 @@ of the wrong type are errors that name the key and the expected type.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+_EXPONENT_FLOAT = re.compile(r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
 
 
 class ConfigError(ValueError):
@@ -75,6 +78,7 @@ class ObjectiveConfig:
     sign_aware: bool = False  # z + beta*w*|z| instead of z*(1+beta*w)
     cpo: bool = True  # False: plain cross-entropy in place of CPO ("w/o CPO")
     cf_run: str | None = None  # trained CF run folder for the CRR reward
+    layer_logs: bool = True  # log each candidate layer's cross-entropy (ce_layer_{l}, Fig. 2)
 
     def __post_init__(self) -> None:
         _choice("objective.ensemble", self.ensemble, ("mean", "variance", "entropy", "max_prob"))
@@ -82,6 +86,27 @@ class ObjectiveConfig:
         _choice("objective.negatives_from", self.negatives_from, ("intermediate", "final"))
         if self.k < 0:
             raise ConfigError(f"objective.k must be >= 0, got {self.k}")
+        if self.layers is not None:
+            # 1..L-1 = hidden_states[l]; negatives count from the end like Python indexing of
+            # hidden_states (-2 = layer L-1); -1 and 0 (final layer, embeddings) are not
+            # intermediate layers. The model's depth is checked when the objective is built.
+            if not self.layers:
+                raise ConfigError("objective.layers must list at least one layer, or be null (use k)")
+            bad = [layer for layer in self.layers if layer in (0, -1)]
+            if bad:
+                raise ConfigError(
+                    f"objective.layers: {bad[0]} is not an intermediate layer (use 1..L-1, or "
+                    "-2..-L counting from the end: -2 is the layer just below the final one)"
+                )
+            if len(set(self.layers)) != len(self.layers):
+                raise ConfigError(f"objective.layers has duplicates: {self.layers}")
+        if self.max_negatives is not None and self.max_negatives < 0:
+            raise ConfigError(f"objective.max_negatives must be >= 0, got {self.max_negatives}")
+        if self.head == "separate" and self.lambda_cpd <= 0:
+            raise ConfigError(
+                "objective.head=separate: the separate heads are trained by CPD only, so it "
+                "needs objective.lambda_cpd > 0"
+            )
         if self.mu_crr > 0 and not self.cf_run:
             raise ConfigError("objective.mu_crr > 0 needs a reward provider: objective.cf_run=DIR")
 
@@ -165,6 +190,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str) and _EXPONENT_FLOAT.match(value):
+        return float(value)  # YAML 1.1 (PyYAML) reads 1e-4 as a string
     if annotation is int and isinstance(value, bool):
         raise ConfigError(f"{key}: expected int, got {value!r}")
     if not isinstance(value, annotation):
@@ -213,16 +240,53 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update``: mappings merge recursively, anything else is replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_values(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw values of a YAML config file, with its ``base:`` chain resolved.
+
+    A top-level ``base: other.yaml`` (relative to the including file) is loaded first and the
+    file's own values are deep-merged over it, so a preset only sets what differs.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, resolved))
+        raise ConfigError(f"{path}: `base` cycle: {cycle}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed YAML: {e}") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a path to a YAML file, got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: {base_path} does not exist")
+    return deep_merge(read_config_values(base_path, (*_chain, resolved)), values)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults) and apply dotted overrides."""
+    """Load a YAML config (or the defaults) and apply dotted overrides.
+
+    The file may name a ``base:`` config to inherit from (see :func:`read_config_values`).
+    """
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: malformed YAML: {e}") from e
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections")
+        values = read_config_values(path)
     values = apply_overrides(values, overrides or [])
     try:
         return _build(Config, values, "")

@@ -154,7 +154,7 @@ def _id_field(obj: dict[str, Any], key: str) -> str:
     value = obj.get(key)
     if value is None:
         raise ValueError(f"missing field {key!r}")
-    if not isinstance(value, str) or not value or len(value.split()) != 1 or value.strip() != value:
+    if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
         raise ValueError(
             f"field {key!r} must be a non-empty string without whitespace, got {value!r}"
         )

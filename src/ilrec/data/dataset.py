@@ -23,6 +23,7 @@ from typing import Any
 
 MIN_INTERACTIONS = 3
 CODE_PATTERN = re.compile(r"^<[a-z]+_\d+>$")
+INT_PATTERN = re.compile(r"^\s*-?[0-9]+\s*$")  # ASCII digits only (int() rejects "--5", "²")
 
 
 class DataError(ValueError):
@@ -92,7 +93,7 @@ def _item_id(key: Any, path: Path, where: str) -> int:
         raise DataError(f"{path}: {where}: item id {key!r} is not an integer")
     if isinstance(key, int):
         value = key
-    elif isinstance(key, str) and key.strip().lstrip("-").isdigit():
+    elif isinstance(key, str) and INT_PATTERN.match(key):
         value = int(key)
     else:
         raise DataError(f"{path}: {where}: item id {key!r} is not an integer")
@@ -210,7 +211,10 @@ def load_dataset(
     n_items = _check_catalogue(catalogue_path, set(catalogue), "item")
     if codes and items is not None and set(items) != set(codes):
         absent = sorted(set(codes) - set(items))[:5]
-        raise DataError(f"{item_path}: items {absent} of {index_path.name} have no entry")
+        if absent:
+            raise DataError(f"{item_path}: items {absent} of {index_path.name} have no entry")
+        extra = sorted(set(items) - set(codes))[:5]
+        raise DataError(f"{item_path}: items {extra} are not in {index_path.name}")
     for user, history in sequences.items():
         unknown = [i for i in history if i >= n_items]
         if unknown:

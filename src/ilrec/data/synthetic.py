@@ -127,6 +127,10 @@ MOVES: dict[str, float] = {
     "jump": 0.10,
     "noise": 0.10,
 }
+_SUB_TOP = [t for t, subs in enumerate(TAXONOMY.values()) for _ in subs]  # subcategory -> top
+_SUB_NAMES = [sub for subs in TAXONOMY.values() for sub in subs]
+_SUB_COMPLEMENTS = [[_SUB_NAMES.index(c) for c in COMPLEMENTS[s]] for s in _SUB_NAMES]
+_TOP_SUBS = [[k for k, t in enumerate(_SUB_TOP) if t == top] for top in range(len(TAXONOMY))]
 STYLE_DIM = 8
 ZIPF_EXPONENT = 0.6
 BRAND_BONUS = 3.0
@@ -179,8 +183,6 @@ class _Catalogue:
     items: list[dict]  # X.item.json entries
     top_weights: np.ndarray
     sub_items: list[np.ndarray]  # global subcategory -> its items
-    complements: list[list[int]]  # global subcategory -> complementary subcategories
-    top_subs: list[list[int]]  # top category -> its global subcategories
 
     @property
     def features(self) -> np.ndarray:
@@ -192,11 +194,6 @@ class _Catalogue:
         for block, col in zip(blocks, (self.tops, self.subs, self.brands), strict=True):
             block[np.arange(n), col] = 1.0
         return np.concatenate([*blocks, self.style.astype(np.float32)], axis=1)
-
-
-def _subcategories() -> list[tuple[int, str]]:
-    """``(top index, subcategory)`` for every subcategory, in taxonomy order."""
-    return [(t, sub) for t, subs in enumerate(TAXONOMY.values()) for sub in subs]
 
 
 def _split_counts(n_items: int, weights: np.ndarray) -> np.ndarray:
@@ -229,13 +226,12 @@ def _describe(rng: np.random.Generator, brand: str, adj: str, noun: str, style: 
     )
 
 
-def _successors(rng, subs, brands, pop, sub_items, names) -> np.ndarray:
+def _successors(rng, subs, brands, pop, sub_items) -> np.ndarray:
     """Two fixed next items per item, in complementary subcategories (same brand preferred)."""
-    index = {name: k for k, name in enumerate(names)}
-    weight = pop**SUCCESSOR_POP_POWER
+    weight = pop**SUCCESSOR_POP_POWER  # flatter than popularity: keeps the head from dominating
     out = np.zeros((len(subs), 2), dtype=np.int64)
     for item in range(len(subs)):
-        pool = np.concatenate([sub_items[index[c]] for c in COMPLEMENTS[names[subs[item]]]])
+        pool = np.concatenate([sub_items[c] for c in _SUB_COMPLEMENTS[subs[item]]])
         pool = pool[pool != item]
         same = pool[brands[pool] == brands[item]]
         first_pool = same if len(same) else pool
@@ -247,11 +243,10 @@ def _successors(rng, subs, brands, pop, sub_items, names) -> np.ndarray:
 
 
 def _catalogue(rng: np.random.Generator, n_items: int) -> _Catalogue:
-    subcats = _subcategories()
-    names = [s for _, s in subcats]
-    counts = _split_counts(n_items, rng.dirichlet(np.full(len(subcats), 6.0)))
-    subs = rng.permutation(np.repeat(np.arange(len(subcats)), counts))  # ids carry no category
-    tops = np.array([subcats[s][0] for s in subs])
+    n_subs = len(_SUB_NAMES)
+    counts = _split_counts(n_items, rng.dirichlet(np.full(n_subs, 6.0)))
+    subs = rng.permutation(np.repeat(np.arange(n_subs), counts))  # ids carry no category
+    tops = np.array([_SUB_TOP[s] for s in subs])
     brand_names = list(BRANDS)
     brand_weight = rng.uniform(0.5, 2.0, size=len(brand_names))
     brands = np.zeros(n_items, dtype=np.int64)
@@ -260,12 +255,12 @@ def _catalogue(rng: np.random.Generator, n_items: int) -> _Catalogue:
         brands[item] = rng.choice(sellers, p=brand_weight[sellers] / brand_weight[sellers].sum())
     style = rng.normal(size=(n_items, STYLE_DIM)) / np.sqrt(STYLE_DIM)
     pop = (rng.permutation(n_items) + 1.0) ** -ZIPF_EXPONENT
-    sub_items = [np.flatnonzero(subs == s) for s in range(len(subcats))]
+    sub_items = [np.flatnonzero(subs == s) for s in range(n_subs)]
     top_names = list(TAXONOMY)
     seen: set[str] = set()
     items = []
     for item in range(n_items):
-        top, sub, brand = top_names[tops[item]], names[subs[item]], brand_names[brands[item]]
+        top, sub, brand = top_names[tops[item]], _SUB_NAMES[subs[item]], brand_names[brands[item]]
         nouns = TAXONOMY[top][sub]
         noun = nouns[rng.integers(len(nouns))]
         title, adj = _title(rng, brand, noun, seen)
@@ -273,23 +268,9 @@ def _catalogue(rng: np.random.Generator, n_items: int) -> _Catalogue:
         items.append(
             {"title": title, "description": description, "brand": brand, "categories": [top, sub]}
         )
-    successors = _successors(rng, subs, brands, pop, sub_items, names)
+    successors = _successors(rng, subs, brands, pop, sub_items)
     top_weights = rng.dirichlet(np.full(len(TAXONOMY), 4.0))
-    complements = [[names.index(c) for c in COMPLEMENTS[s]] for s in names]
-    top_subs = [[k for k, (t, _) in enumerate(subcats) if t == top] for top in range(len(TAXONOMY))]
-    return _Catalogue(
-        tops,
-        subs,
-        brands,
-        style,
-        pop,
-        successors,
-        items,
-        top_weights,
-        sub_items,
-        complements,
-        top_subs,
-    )
+    return _Catalogue(tops, subs, brands, style, pop, successors, items, top_weights, sub_items)
 
 
 class _Shopper:
@@ -300,7 +281,7 @@ class _Shopper:
         self.taste = rng.normal(size=STYLE_DIM)
         self.liked = np.zeros(len(BRANDS), dtype=bool)
         self.seen = np.zeros(len(cat.tops), dtype=bool)
-        self.thresholds = np.cumsum(list(MOVES.values()))
+        self.moves, self.thresholds = list(MOVES), np.cumsum(list(MOVES.values()))
 
     def pick(self, candidates: np.ndarray, personal: bool = True) -> int | None:
         """An unseen item of ``candidates``: popularity x style match x liked-brand bonus."""
@@ -313,21 +294,20 @@ class _Shopper:
         return None if total <= 0 else int(self.rng.choice(candidates, p=weight / total))
 
     def in_top(self, top: int) -> int | None:
-        subs = self.cat.top_subs[top]
+        """An item of a random subcategory of ``top``."""
+        subs = _TOP_SUBS[top]
         return self.pick(self.cat.sub_items[subs[self.rng.integers(len(subs))]])
 
     def step(self, prev: int) -> int | None:
         """The next item after ``prev`` (``None`` when the chosen move finds nothing unseen)."""
         rng, cat = self.rng, self.cat
-        move = list(MOVES)[
-            int(np.searchsorted(self.thresholds, rng.random() * self.thresholds[-1]))
-        ]
+        move = self.moves[int(np.searchsorted(self.thresholds, rng.random() * self.thresholds[-1]))]
         sub = cat.subs[prev]
         if move == "successor":
             nxt = int(cat.successors[prev, 0 if rng.random() < SUCCESSOR_WEIGHTS[0] else 1])
             return None if self.seen[nxt] else nxt
         if move == "complement":
-            comps = self.cat.complements[sub]
+            comps = _SUB_COMPLEMENTS[sub]
             return self.pick(cat.sub_items[comps[rng.integers(len(comps))]])
         if move == "same_sub":
             return self.pick(cat.sub_items[sub])
@@ -338,6 +318,7 @@ class _Shopper:
         return None  # noise
 
     def history(self, length: int) -> list[int]:
+        """A history of ``length`` distinct items, starting in a random home category."""
         home = int(self.rng.choice(len(TAXONOMY), p=self.cat.top_weights))
         sellers = [b for b, tops in enumerate(BRANDS.values()) if home in tops]
         self.liked[sellers[self.rng.integers(len(sellers))]] = True
@@ -402,7 +383,7 @@ def generate_synthetic(
     Raises:
         FileExistsError: an output file exists and ``force`` is not set.
     """
-    n_subs = len(COMPLEMENTS)
+    n_subs = len(_SUB_NAMES)
     if n_items < 2 * n_subs or n_users < 1:
         raise ValueError(f"need n_items >= {2 * n_subs} and n_users >= 1, got {n_items}, {n_users}")
     out = Path(out)
@@ -421,11 +402,11 @@ def generate_synthetic(
     report = SyntheticReport(
         name, str(out), n_users, n_items, sum(lengths), sum(lengths) / n_users, max(lengths)
     )
-    codes = (
-        _build_index(features, report, index_levels, index_codebook, index_epochs, seed, progress)
-        if index
-        else None
-    )
+    codes = None
+    if index:  # built before anything is written: a failure leaves no partial dataset
+        codes = _build_index(
+            features, report, index_levels, index_codebook, index_epochs, seed, progress
+        )
 
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.{s}" for s in suffixes]
@@ -444,10 +425,8 @@ def generate_synthetic(
     return report
 
 
-def _build_index(
-    features, report, levels, codebook, epochs, seed, progress
-) -> dict[int, list[str]]:
-    """Unique semantic IDs of the item features; fills the index fields of ``report``."""
+def _build_index(features, report, levels, codebook, epochs, seed, progress=False):
+    """Unique semantic IDs (item -> tokens) of the features; fills the index fields of ``report``."""
     from ilrec.identifiers.semantic import build_index, make_unique
 
     result = build_index(

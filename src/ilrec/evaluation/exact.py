@@ -110,10 +110,17 @@ class _TreeScorer:
         self.node_lp = torch.zeros(ids.shape[0], trie.n_nodes, device=device)
         root_lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [U, V]
         self._add_children(torch.zeros(1, dtype=torch.long, device=device), root_lp[:, None])
-        # Keys/values of every node above the deepest level, indexed by node id.
-        n_store = int(trie.level_ptr[trie.depth])
+        # Keys/values are kept only for nodes that are ancestors of a fed node (slot >= 0).
+        internal = trie.child_ptr[1:] > trie.child_ptr[:-1]  # [n_nodes]
+        internal[0] = False
+        keep = torch.zeros_like(internal)
+        keep[trie.node_parent[internal]] = True
+        keep[0] = False  # the root's "keys" are the prompt's
+        self.slot = torch.cumsum(keep, 0) - 1
+        self.slot[~keep] = -1
+        n_store = int(keep.sum())
         self.store = [
-            (k.new_zeros(*k.shape[:2], n_store, k.shape[3]), v.new_zeros(*v.shape[:2], n_store, v.shape[3]))
+            (k.new_empty(*k.shape[:2], n_store, k.shape[3]), v.new_empty(*v.shape[:2], n_store, v.shape[3]))
             for k, v in self.prompt_kv
         ]
 
@@ -146,7 +153,7 @@ class _TreeScorer:
             anc_ids.append(uniq)
             anc_cols.append(inverse + offset)
             offset += uniq.numel()
-        anc = torch.cat(anc_ids) if anc_ids else nodes.new_zeros(0)
+        anc = self.slot[torch.cat(anc_ids)] if anc_ids else nodes.new_zeros(0)
         cache = DynamicCache(
             [
                 (torch.cat([pk, sk[:, :, anc]], 2), torch.cat([pv, sv[:, :, anc]], 2))
@@ -162,9 +169,13 @@ class _TreeScorer:
             cache=cache,
             use_cache=True,
         )
-        for (sk, sv), layer in zip(self.store, out.cache.layers, strict=True):
-            sk[:, :, nodes] = layer.keys[:, :, -n:]
-            sv[:, :, nodes] = layer.values[:, :, -n:]
+        slots = self.slot[nodes]
+        kept = slots >= 0
+        if bool(kept.any()):
+            cols = kept.nonzero().squeeze(1) + (mask.shape[-1] - n)  # new keys come last
+            for (sk, sv), layer in zip(self.store, out.cache.layers, strict=True):
+                sk[:, :, slots[kept]] = layer.keys[:, :, cols]
+                sv[:, :, slots[kept]] = layer.values[:, :, cols]
         self._add_children(nodes, torch.log_softmax(out.logits.float(), dim=-1))
 
     def _tree_mask(self, anc_cols: list[Tensor], n_anc: int, n: int) -> Tensor:

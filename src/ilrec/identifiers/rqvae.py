@@ -69,7 +69,7 @@ class RQVAEConfig:
     beta: float = 0.25
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    epochs: int = 50
+    epochs: int = 40
     batch_size: int | None = 512
     kmeans_iters: int = 20
     kmeans_max_points: int = 65536

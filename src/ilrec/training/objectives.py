@@ -15,6 +15,7 @@ from torch import nn
 
 from ilrec.config import ObjectiveConfig
 from ilrec.models.layers import gather, lm_parts, supervised_positions
+from ilrec.training.ilrec_objective import ILRecObjective
 
 
 @dataclass
@@ -69,4 +70,4 @@ def build_objective(cfg: ObjectiveConfig, model: nn.Module) -> Callable:
     return OBJECTIVES[cfg.name](cfg, model)
 
 
-OBJECTIVES: dict[str, type] = {"ce": CrossEntropyObjective}
+OBJECTIVES: dict[str, type] = {"ce": CrossEntropyObjective, "ilrec": ILRecObjective}

