@@ -260,8 +260,7 @@ def test_user_with_too_few_interactions(tmp_path: Path) -> None:
     inter = {**SEQUENCES, "2": [5, 4]}
     root = write_dataset(tmp_path / "Tiny", inter=inter)
     assert load_error(root) == (
-        f"{root / 'Tiny.inter.json'}: user '2' has 2 interactions; leave-one-out needs "
-        "at least 3"
+        f"{root / 'Tiny.inter.json'}: user '2' has 2 interactions; leave-one-out needs at least 3"
     )
     assert load_dataset(root, min_interactions=2).sequences["2"] == [5, 4]
 
@@ -374,7 +373,10 @@ def test_item_without_title(tmp_path: Path, entry: dict) -> None:
 
 def test_item_entry_not_an_object(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "Tiny", items={**ITEMS, "4": "Drum Sticks"})
-    assert load_error(root) == f"{root / 'Tiny.item.json'}: item '4': expected an object with a 'title'"
+    assert (
+        load_error(root)
+        == f"{root / 'Tiny.item.json'}: item '4': expected an object with a 'title'"
+    )
     root = write_dataset(tmp_path / "B" / "Tiny", items=["Drum Sticks"])
     assert load_error(root) == (
         f"{root / 'Tiny.item.json'}: expected an object mapping item id -> item attributes"

@@ -28,7 +28,9 @@ SEQUENCES = {
 
 @pytest.fixture
 def data() -> InteractionData:
-    return InteractionData("Tiny", Path("Tiny"), {u: list(s) for u, s in SEQUENCES.items()}, n_items=6)
+    return InteractionData(
+        "Tiny", Path("Tiny"), {u: list(s) for u, s in SEQUENCES.items()}, n_items=6
+    )
 
 
 def test_leave_one_out(data: InteractionData) -> None:

@@ -91,7 +91,9 @@ class ObjectiveConfig:
             # hidden_states (-2 = layer L-1); -1 and 0 (final layer, embeddings) are not
             # intermediate layers. The model's depth is checked when the objective is built.
             if not self.layers:
-                raise ConfigError("objective.layers must list at least one layer, or be null (use k)")
+                raise ConfigError(
+                    "objective.layers must list at least one layer, or be null (use k)"
+                )
             bad = [layer for layer in self.layers if layer in (0, -1)]
             if bad:
                 raise ConfigError(

@@ -14,7 +14,9 @@ the nearest *unused* last-level code (LC-Rec resolves collisions on the last lev
 Sinkhorn-style reassignment capped at 20 rounds; here a greedy nearest-free-code variant), and any
 remaining collisions get an extra level via :func:`ilrec.identifiers.semantic.make_unique`.
 
-Defaults are sized for CPUs: 10k items x 384 dims train in well under a minute on one thread.
+Inputs are centred and scaled by one global factor before training (a deviation from both
+papers, needed for unit-norm sentence embeddings; see :meth:`RQVAE.fit_normalisation`).
+Defaults are sized for CPUs: 10k items x 384 dims train in about 40 s of one CPU thread.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -90,7 +93,7 @@ class RQVAEConfig:
 
 def _mlp(dims: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+    for i, (a, b) in enumerate(pairwise(dims)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
             layers.append(nn.ReLU())

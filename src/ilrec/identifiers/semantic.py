@@ -25,6 +25,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +183,7 @@ def prefix_conflicts(codes: Mapping[int, Sequence[str]]) -> list[tuple[int, int]
     out = []
     # In lexicographic order an identifier is a prefix of some other one iff it is a prefix of
     # its immediate successor.
-    for (seq_a, id_a), (seq_b, id_b) in zip(ordered, ordered[1:]):
+    for (seq_a, id_a), (seq_b, id_b) in pairwise(ordered):
         if len(seq_a) < len(seq_b) and seq_b[: len(seq_a)] == seq_a:
             out.append((id_a, id_b))
     return out
@@ -259,7 +260,8 @@ def build_index(
         seed: seeds weight init, k-means init and batch order; same seed -> same codes.
         item_ids: ids of the rows; default ``0..I-1``.
         batch_size, hidden_dims, e_dim, lr, collision_rounds: override the
-            :class:`~ilrec.identifiers.rqvae.RQVAEConfig` defaults when given.
+            :class:`~ilrec.identifiers.rqvae.RQVAEConfig` defaults when given;
+            ``batch_size=0`` trains full-batch.
         device: torch device for training.
         progress: show a tqdm bar.
 
@@ -285,12 +287,10 @@ def build_index(
         "lr": lr,
         "collision_rounds": collision_rounds,
     }
-    cfg = rqvae.RQVAEConfig(
-        levels=levels,
-        codebook_size=codebook_size,
-        seed=seed,
-        **{k: v for k, v in overrides.items() if v is not None},
-    )
+    kwargs = {k: v for k, v in overrides.items() if v is not None}
+    if batch_size == 0:
+        kwargs["batch_size"] = None
+    cfg = rqvae.RQVAEConfig(levels=levels, codebook_size=codebook_size, seed=seed, **kwargs)
     result = rqvae.fit_codes(emb, cfg, device=device, progress=progress)
 
     raw = {

@@ -166,7 +166,9 @@ class ILRecObjective:
         self.reward_provider: RewardProvider | None = None
         if cfg.head == "separate":
             if not self.layers:
-                raise ConfigError("objective.head=separate needs candidate layers (k >= 1 or layers)")
+                raise ConfigError(
+                    "objective.head=separate needs candidate layers (k >= 1 or layers)"
+                )
             attach_separate_heads(model, parts, self.layers)
 
     def set_reward_provider(self, fn: RewardProvider | None) -> ILRecObjective:
@@ -274,7 +276,9 @@ class ILRecObjective:
             with torch.no_grad():
                 if layer_logits is not None:
                     for i, layer in enumerate(self.layers):
-                        logs[f"ce_layer_{layer}"] = _cross_entropy(layer_logits[i].detach(), targets)
+                        logs[f"ce_layer_{layer}"] = _cross_entropy(
+                            layer_logits[i].detach(), targets
+                        )
                 logs[f"ce_layer_{self.n_layers}"] = final_ce.detach()
 
         # one device sync for all the logged values

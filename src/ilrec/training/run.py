@@ -55,7 +55,7 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> str | None:
     return None
 
 
-def training_arguments(config: Config, run_dir: Path, steps_per_epoch: int) -> TrainingArguments:
+def training_arguments(config: Config, run_dir: Path) -> TrainingArguments:
     t = config.train
     per_epoch = t.eval_every <= 0
     return TrainingArguments(
@@ -100,16 +100,19 @@ def train(
     """Train a generative recommender; returns the best validation metrics."""
     set_threads(config.train.threads)
     run_dir = Path(config.train.output_dir)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    args = training_arguments(config, run_dir)  # initialises the process group when distributed
     checkpoint = check_run_dir(run_dir, resume, overwrite)
+    _barrier()  # every rank has checked the folder before the main one writes into it
     setup = load_setup(config)
     torch.manual_seed(config.train.seed)
     model, tokenizer = build_model(setup)
     encoder = make_encoder(setup, tokenizer)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    write_environment(run_dir)
-    tokenizer.save_pretrained(run_dir / "tokenizer")
+    if args.process_index == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        write_environment(run_dir)
+        tokenizer.save_pretrained(run_dir / "tokenizer")
 
     features = encoder.encode_training(
         setup.splits.train_prefixes(), setup.splits.train_windows(), seed=config.train.seed
@@ -123,8 +126,6 @@ def train(
         )
         return metrics
 
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
-    args = training_arguments(config, run_dir, len(features))
     trainer = RecTrainer(
         model=model,
         args=args,
@@ -146,6 +147,11 @@ def train(
         atomic_write_json(run_dir / "train_summary.json", best)
         plot_curves_safely(run_dir)
     return {"ndcg@10": trainer.state.best_metric or 0.0}
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def validation_subsample(examples: list, n: int, seed: int) -> list:

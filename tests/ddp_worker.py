@@ -1,0 +1,42 @@
+"""Run by tests/test_distributed.py under torchrun / accelerate launch (not collected by pytest).
+
+Trains with the given overrides; at the end every rank writes a digest of its weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from ilrec.config import load_config
+from ilrec.evaluation.report import evaluate_run
+from ilrec.training.run import train
+
+
+class WeightDigest(TrainerCallback):
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        rank = os.environ.get("RANK", "0")
+        self.out.joinpath(f"rank{rank}.json").write_text(
+            json.dumps({"digest": digest.hexdigest(), "world": os.environ.get("WORLD_SIZE")})
+        )
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    config = load_config(None, sys.argv[2:])
+    train(config, callbacks=[WeightDigest(out)])
+    # Distributed evaluation: users sharded over the ranks, gathered on every rank.
+    evaluate_run(Path(config.train.output_dir), split="valid", mode="beam", beams=10,
+                 batch_size=8, progress=False)
