@@ -149,7 +149,9 @@ def timed(fn):
 
 def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean |a_u ∩ b_u| / k over rows of two ``[U, k]`` item lists."""
-    return sum(len(set(x) & set(y)) for x, y in zip(a.tolist(), b.tolist(), strict=True)) / a.numel()
+    return (
+        sum(len(set(x) & set(y)) for x, y in zip(a.tolist(), b.tolist(), strict=True)) / a.numel()
+    )
 
 
 def run(model, data: BenchData, users: int, beams: int, args) -> None:
@@ -159,25 +161,38 @@ def run(model, data: BenchData, users: int, beams: int, args) -> None:
     vocab = model.get_output_embeddings().weight.shape[0]
     pad, eos = data.pad_token_id, data.eos_token_id
     n_users = len(prompts)
-    print(f"threads {torch.get_num_threads()}, users {n_users}, items {trie.n_items}, "
-          f"beams {beams}, identifier depth {trie.depth} (EOS included), trie nodes {trie.n_nodes} "
-          f"(built in {build_s * 1e3:.1f} ms), mean prompt length "
-          f"{sum(map(len, prompts)) / n_users:.1f}")
+    print(
+        f"threads {torch.get_num_threads()}, users {n_users}, items {trie.n_items}, "
+        f"beams {beams}, identifier depth {trie.depth} (EOS included), trie nodes {trie.n_nodes} "
+        f"(built in {build_s * 1e3:.1f} ms), mean prompt length "
+        f"{sum(map(len, prompts)) / n_users:.1f}"
+    )
     # warm-up on one user so that one-time costs do not land on the first method
     constrained_beam_search(model, prompts[:1], trie, num_beams=beams, pad_token_id=pad)
-    (beam_items, _), t_beam = timed(lambda: constrained_beam_search(
-        model, prompts, trie, num_beams=beams, batch_size=args.batch_size, pad_token_id=pad))
+    (beam_items, _), t_beam = timed(
+        lambda: constrained_beam_search(
+            model, prompts, trie, num_beams=beams, batch_size=args.batch_size, pad_token_id=pad
+        )
+    )
     print(f"beam     : {n_users / t_beam:9.2f} users/s ({t_beam:.2f} s)")
     results = {"beam": t_beam}
     if not args.skip_generate:
-        gen_items, t_gen = timed(lambda: hf_generate(
-            model, prompts, trie, beams, args.generate_batch_size, pad, eos))
+        gen_items, t_gen = timed(
+            lambda: hf_generate(model, prompts, trie, beams, args.generate_batch_size, pad, eos)
+        )
         results["generate"] = t_gen
         print(f"generate : {n_users / t_gen:9.2f} users/s ({t_gen:.2f} s)")
     if not args.skip_exact:
-        exact, t_exact = timed(lambda: score_all_items(
-            model, prompts, trie, batch_size=args.exact_batch_size,
-            node_chunk=args.node_chunk, pad_token_id=pad))
+        exact, t_exact = timed(
+            lambda: score_all_items(
+                model,
+                prompts,
+                trie,
+                batch_size=args.exact_batch_size,
+                node_chunk=args.node_chunk,
+                pad_token_id=pad,
+            )
+        )
         results["exact"] = t_exact
         print(f"exact    : {n_users / t_exact:9.2f} users/s ({t_exact:.2f} s)")
     for name, t in results.items():
@@ -186,8 +201,10 @@ def run(model, data: BenchData, users: int, beams: int, args) -> None:
     k = min(10, beams)
     if not args.skip_generate:
         same = (beam_items[:, :k] == gen_items[:, :k]).all(1).float().mean()
-        print(f"top-{k} overlap beam vs generate: {overlap(beam_items[:, :k], gen_items[:, :k]):.3f}"
-              f" (identical ordered lists for {same:.1%} of users)")
+        print(
+            f"top-{k} overlap beam vs generate: {overlap(beam_items[:, :k], gen_items[:, :k]):.3f}"
+            f" (identical ordered lists for {same:.1%} of users)"
+        )
     if not args.skip_exact:
         ex_top = rank_items(exact, k)
         best_in = (beam_items == ex_top[:, :1]).any(1).float().mean()
@@ -203,10 +220,12 @@ def _print_floor(model, trie, prompts, vocab, t_exact) -> None:
     tok_s = dense_tokens_per_s(model, vocab)
     floor_s = per_user / tok_s
     actual_s = t_exact / len(prompts)
-    print(f"exact floor: {positions} trie positions + {prompt_tokens:.1f} prompt tokens per user, "
-          f"{per_user * flops_per_token(model) / 1e9:.3f} GFLOP/user; dense one-token forwards run "
-          f"at {tok_s:.0f} tokens/s -> floor {floor_s * 1e3:.1f} ms/user, achieved "
-          f"{actual_s * 1e3:.1f} ms/user ({floor_s / actual_s:.1%} of floor speed)")
+    print(
+        f"exact floor: {positions} trie positions + {prompt_tokens:.1f} prompt tokens per user, "
+        f"{per_user * flops_per_token(model) / 1e9:.3f} GFLOP/user; dense one-token forwards run "
+        f"at {tok_s:.0f} tokens/s -> floor {floor_s * 1e3:.1f} ms/user, achieved "
+        f"{actual_s * 1e3:.1f} ms/user ({floor_s / actual_s:.1%} of floor speed)"
+    )
 
 
 def main() -> None:

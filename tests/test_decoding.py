@@ -134,7 +134,17 @@ def test_batched_equals_unbatched(model, prompts, table):
 
 def test_few_root_children_padded_not_duplicated(model, prompts):
     # root has 2 children, 9 items of variable length: beams must not duplicate early on
-    rows = [[5, 6], [5, 7, 8], [5, 7, 9], [5, 8], [9, 5, 5, 5], [9, 5, 5, 6], [9, 6], [9, 7], [5, 9]]
+    rows = [
+        [5, 6],
+        [5, 7, 8],
+        [5, 7, 9],
+        [5, 8],
+        [9, 5, 5, 5],
+        [9, 5, 5, 6],
+        [9, 6],
+        [9, 7],
+        [5, 9],
+    ]
     trie = PrefixTrie.from_item_tokens(_table(rows))
     exact = score_all_items(model, prompts, trie)
     items, scores = constrained_beam_search(model, prompts, trie, num_beams=9)
@@ -161,7 +171,9 @@ def test_beam_matches_hf_generate(model, prompts):
     )
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts])
-    mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    mask = (
+        torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]
+    ).long()
     out = model.generate(
         input_ids=ids,
         attention_mask=mask,

@@ -47,7 +47,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
                    help=".npy item embeddings (default: item texts with the sentence encoder)")
     p.add_argument("--levels", type=int, default=4)
     p.add_argument("--codebook", type=int, default=256, help="codes per level")
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=None, help="RQ-VAE epochs (default 40)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing X.index.json")
     p.set_defaults(func=cmd_index)

@@ -120,7 +120,10 @@ class _TreeScorer:
         self.slot[~keep] = -1
         n_store = int(keep.sum())
         self.store = [
-            (k.new_empty(*k.shape[:2], n_store, k.shape[3]), v.new_empty(*v.shape[:2], n_store, v.shape[3]))
+            (
+                k.new_empty(*k.shape[:2], n_store, k.shape[3]),
+                v.new_empty(*v.shape[:2], n_store, v.shape[3]),
+            )
             for k, v in self.prompt_kv
         ]
 

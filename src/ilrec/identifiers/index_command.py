@@ -13,7 +13,7 @@ def index_dataset(
     embeddings_path: Path | None = None,
     levels: int = 4,
     codebook_size: int = 256,
-    epochs: int = 200,
+    epochs: int | None = None,
     seed: int = 0,
     force: bool = False,
 ) -> Path:

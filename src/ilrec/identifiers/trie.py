@@ -207,7 +207,9 @@ class PrefixTrie:
 def _validate_table(tokens: Tensor) -> Tensor:
     """Check the -1 padding of ``tokens[I, D]``; return identifier lengths ``[I]``."""
     if tokens.dim() != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
-        raise ValueError(f"item_tokens must be a non-empty [I, D] tensor, got {tuple(tokens.shape)}")
+        raise ValueError(
+            f"item_tokens must be a non-empty [I, D] tensor, got {tuple(tokens.shape)}"
+        )
     valid = tokens != -1
     lengths = valid.sum(1)
     if bool((tokens < -1).any()):
