@@ -60,7 +60,8 @@ def synthetic_data(n_users: int, n_items: int, levels: int, codebook: int, seed:
     table = torch.cat([ids, torch.full((n_items, 1), 2)], dim=1)
     prompts = []
     for _ in range(n_users):
-        hist = torch.randint(0, n_items, (int(torch.randint(1, 21, (1,), generator=gen)),))
+        n_hist = int(torch.randint(1, 21, (1,), generator=gen))
+        hist = torch.randint(0, n_items, (n_hist,), generator=gen)
         prompts.append([1] + ids[hist].flatten().tolist())
     return BenchData(prompts, table, pad_token_id=0, eos_token_id=2), 3 + levels * codebook
 

@@ -38,5 +38,11 @@ if __name__ == "__main__":
     config = load_config(None, sys.argv[2:])
     train(config, callbacks=[WeightDigest(out)])
     # Distributed evaluation: users sharded over the ranks, gathered on every rank.
-    evaluate_run(Path(config.train.output_dir), split="valid", mode="beam", beams=10,
-                 batch_size=8, progress=False)
+    evaluate_run(
+        Path(config.train.output_dir),
+        split="valid",
+        mode="beam",
+        beams=10,
+        batch_size=8,
+        progress=False,
+    )

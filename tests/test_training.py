@@ -47,9 +47,15 @@ def _save_local_hf_model(folder, synthetic_dir):
     """A tiny pretrained-style model folder: config + weights + tokenizer, no downloads."""
     tokenizer = build_text_tokenizer(["The user has interacted with items", "### Response:"], 300)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
@@ -63,8 +69,14 @@ def test_smoke_local_hf_folder(synthetic_dir, tmp_path, tiny_overrides, lora):
     base_vocab = _save_local_hf_model(folder, synthetic_dir)
     run = tmp_path / "run"
     overrides = tiny_overrides(
-        synthetic_dir, run, "model.kind=hf", f"model.path={folder}", "data.format=prompt",
-        "train.max_steps=2", f"model.lora={str(lora).lower()}", "model.lora_r=4",
+        synthetic_dir,
+        run,
+        "model.kind=hf",
+        f"model.path={folder}",
+        "data.format=prompt",
+        "train.max_steps=2",
+        f"model.lora={str(lora).lower()}",
+        "model.lora_r=4",
     )
     train(load_config(None, overrides))
     from ilrec.training.setup import load_setup, load_trained
@@ -80,8 +92,15 @@ def test_smoke_smollm2(synthetic_dir, tmp_path, tiny_overrides):
     pytest.importorskip("gguf")
     run = tmp_path / "run"
     overrides = tiny_overrides(
-        synthetic_dir, run, "model.kind=smollm2", "data.format=prompt", "train.max_steps=1",
-        "train.batch_size=2", "data.valid_users=2", "eval.beams=10", "eval.ks=[5,10]",
+        synthetic_dir,
+        run,
+        "model.kind=smollm2",
+        "data.format=prompt",
+        "train.max_steps=1",
+        "train.batch_size=2",
+        "data.valid_users=2",
+        "eval.beams=10",
+        "eval.ks=[5,10]",
     )
     train(load_config(None, overrides))
     assert (run / "model" / "config.json").exists()

@@ -19,7 +19,9 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="build a dataset folder (Amazon 2018 raw files or synthetic)")
+    p = sub.add_parser(
+        "prepare", help="build a dataset folder (Amazon 2018 raw files or synthetic)"
+    )
     kinds = p.add_subparsers(dest="kind", required=True)
     a = kinds.add_parser("amazon", help="raw Amazon Review Data 2018 files -> LC-Rec format")
     a.add_argument("--reviews", required=True, type=Path, help="<Category>.json[.gz]")
@@ -43,8 +45,12 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 def _add_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build semantic IDs (RQ-VAE) and write X.index.json")
     p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--embeddings", type=Path, default=None,
-                   help=".npy item embeddings (default: item texts with the sentence encoder)")
+    p.add_argument(
+        "--embeddings",
+        type=Path,
+        default=None,
+        help=".npy item embeddings (default: item texts with the sentence encoder)",
+    )
     p.add_argument("--levels", type=int, default=4)
     p.add_argument("--codebook", type=int, default=256, help="codes per level")
     p.add_argument("--epochs", type=int, default=None, help="RQ-VAE epochs (default 40)")
@@ -97,8 +103,13 @@ def cmd_prepare_amazon(args: argparse.Namespace) -> int:
     from ilrec.data.amazon import prepare_amazon
 
     report = prepare_amazon(
-        args.reviews, args.meta, args.out, name=args.name, min_count=args.min_count,
-        strict=args.strict, force=args.force,
+        args.reviews,
+        args.meta,
+        args.out,
+        name=args.name,
+        min_count=args.min_count,
+        strict=args.strict,
+        force=args.force,
     )
     print(report)
     return 0
@@ -108,7 +119,11 @@ def cmd_prepare_synthetic(args: argparse.Namespace) -> int:
     from ilrec.data.synthetic import generate_synthetic
 
     report = generate_synthetic(
-        args.out, n_users=args.users, n_items=args.items, seed=args.seed, name=args.name,
+        args.out,
+        n_users=args.users,
+        n_items=args.items,
+        seed=args.seed,
+        name=args.name,
         force=args.force,
     )
     print(report)
@@ -118,8 +133,9 @@ def cmd_prepare_synthetic(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from ilrec.identifiers.index_command import index_dataset
 
-    index_dataset(args.data, args.embeddings, args.levels, args.codebook, args.epochs,
-                  args.seed, args.force)
+    index_dataset(
+        args.data, args.embeddings, args.levels, args.codebook, args.epochs, args.seed, args.force
+    )
     return 0
 
 
@@ -167,7 +183,9 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.verbose:
         logging.getLogger("ilrec").setLevel(logging.DEBUG)
     try:

@@ -23,7 +23,7 @@ def run_demo(out: Path, config_path: Path = CONFIG, overrides: list[str] | None 
     start = time.perf_counter()
     data_dir = out / "data" / "Synthetic"
     if not (data_dir / "Synthetic.index.json").exists():
-        report = generate_synthetic(data_dir, progress=True)
+        report = generate_synthetic(data_dir, progress=True, force=True)
         print(f"[demo] synthetic dataset + semantic IDs: {report}")
     run_dir = out / "sft"
     config = load_config(

@@ -23,7 +23,9 @@ def plot_training_curves(metrics_path: Path, out_path: Path) -> Path:
     ax_loss.set_title("training")
     ax_loss.legend()
     for key in ("eval_hit@10", "eval_ndcg@10"):
-        ax_valid.plot([r["step"] for r in valid], [r[key] for r in valid], marker="o", label=key[5:])
+        ax_valid.plot(
+            [r["step"] for r in valid], [r[key] for r in valid], marker="o", label=key[5:]
+        )
     ax_valid.set_xlabel("step")
     ax_valid.set_title("validation (full ranking)")
     ax_valid.legend()

@@ -48,8 +48,13 @@ def rank_prompts(
         local = torch.empty(0, k, dtype=torch.long)
     elif mode == "beam":
         local, _ = constrained_beam_search(
-            model, mine, trie, num_beams=k, batch_size=batch_size,
-            pad_token_id=pad_token_id, progress=progress,
+            model,
+            mine,
+            trie,
+            num_beams=k,
+            batch_size=batch_size,
+            pad_token_id=pad_token_id,
+            progress=progress,
         )
     elif mode == "exact":
         scores = score_all_items(model, mine, trie, batch_size=batch_size, progress=progress)

@@ -47,20 +47,34 @@ def evaluate_run(
     main = not dist.is_initialized() or dist.get_rank() == 0
     start = time.perf_counter()
     metrics, _ = evaluate_examples(
-        model, encoder, examples, mode=mode, beams=beams, batch_size=batch_size, ks=ks,
+        model,
+        encoder,
+        examples,
+        mode=mode,
+        beams=beams,
+        batch_size=batch_size,
+        ks=ks,
         progress=progress and main,
     )
     seconds = time.perf_counter() - start
     rows = {
-        "popularity": popularity_metrics(popularity_counts(setup.splits, setup.data.n_items), examples, ks),
+        "popularity": popularity_metrics(
+            popularity_counts(setup.splits, setup.data.n_items), examples, ks
+        ),
         f"model ({mode})": metrics,
     }
     if main:
         stem = run_dir / f"eval_{split}_{mode}"
         atomic_write_json(
             stem.with_suffix(".json"),
-            {"split": split, "mode": mode, "beams": beams, "users": len(examples),
-             "seconds": round(seconds, 2), "metrics": rows},
+            {
+                "split": split,
+                "mode": mode,
+                "beams": beams,
+                "users": len(examples),
+                "seconds": round(seconds, 2),
+                "metrics": rows,
+            },
         )
         table = markdown_table(rows)
         atomic_write_text(stem.with_suffix(".md"), table + "\n")

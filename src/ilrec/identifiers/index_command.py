@@ -37,8 +37,9 @@ def index_dataset(
         raise DataError(
             f"{root}: no {name}.item.json to embed item texts; pass --embeddings FILE.npy"
         )
-    result = build_index(embeddings, levels=levels, codebook_size=codebook_size, epochs=epochs,
-                         seed=seed)
+    result = build_index(
+        embeddings, levels=levels, codebook_size=codebook_size, epochs=epochs, seed=seed
+    )
     write_index(out, result.codes)
     print(f"wrote {out}\n{result.summary()}")
     return out

@@ -12,7 +12,12 @@ from collections import defaultdict
 
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+SPECIAL_TOKENS = {
+    "pad_token": "<pad>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+}
 _CODE = re.compile(r"^<([a-z]+)_(\d+)>$")
 
 

@@ -69,7 +69,9 @@ def build_scratch(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A Llama-architecture model from a named preset, randomly initialised."""
     if cfg.preset not in SCRATCH_PRESETS:
-        raise ValueError(f"model.preset must be one of {sorted(SCRATCH_PRESETS)}, got {cfg.preset!r}")
+        raise ValueError(
+            f"model.preset must be one of {sorted(SCRATCH_PRESETS)}, got {cfg.preset!r}"
+        )
     if inputs.fmt == "sequence":
         tokenizer = build_code_tokenizer(inputs.codes or {})
     else:
@@ -98,7 +100,9 @@ def build_hf(
     """Any local Hugging Face causal-LM folder; identifier tokens added, embeddings resized."""
     path = Path(cfg.path or "")
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"model.path={path}: no config.json (expected a local HF model folder)")
+        raise FileNotFoundError(
+            f"model.path={path}: no config.json (expected a local HF model folder)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg))
     return _prepare_pretrained(model, tokenizer, inputs)
@@ -150,7 +154,9 @@ def convert_smollm2(cache: Path | None = None) -> Path:
     gguf = smollm2_gguf_path()
     log.info("converting %s to %s (once, ~30 s)", gguf, cache)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     # The GGUF loader flags the dense fp32 model as quantized, which blocks saving/training.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)

@@ -190,7 +190,9 @@ def build_model(config: CFConfig, n_items: int, n_users: int) -> SequentialRecom
     }
     accepted = _model_parameters(config.model)
     kwargs = {k: v for k, v in common.items() if k in accepted} | config.model_kwargs
-    return build_cf_model(config.model, n_items, **kwargs)
+    model = build_cf_model(config.model, n_items, **kwargs)
+    model.max_history = config.max_history
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +291,7 @@ def _logits(
     model: SequentialRecommender, histories: Sequence[Sequence[int]], users: Sequence[str] | None
 ) -> Tensor:
     device = _device(model)
-    item_seq, seq_len = pad_histories(histories, getattr(model, "max_history", None))
+    item_seq, seq_len = pad_histories(histories, model.max_history)
     user_ids = _user_tensor(model, users)
     return model(
         item_seq.to(device), seq_len.to(device), None if user_ids is None else user_ids.to(device)

@@ -45,7 +45,9 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> str | None:
     last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
     if resume:
         if last is None:
-            raise RunExistsError(f"{run_dir}: --resume given but no checkpoint-* folder to resume from")
+            raise RunExistsError(
+                f"{run_dir}: --resume given but no checkpoint-* folder to resume from"
+            )
         return last
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise RunExistsError(
@@ -121,8 +123,13 @@ def train(
 
     def rank_metrics_fn(m: torch.nn.Module) -> dict[str, float]:
         metrics, _ = evaluate_examples(
-            m, encoder, valid, mode="beam", beams=config.eval.beams,
-            batch_size=config.eval.batch_size, ks=tuple(config.eval.ks),
+            m,
+            encoder,
+            valid,
+            mode="beam",
+            beams=config.eval.beams,
+            batch_size=config.eval.batch_size,
+            ks=tuple(config.eval.ks),
         )
         return metrics
 
@@ -136,13 +143,23 @@ def train(
         rank_metrics_fn=rank_metrics_fn,
         callbacks=[JsonlLogger(run_dir / "metrics.jsonl"), *(callbacks or [])],
     )
-    trainer.train(resume_from_checkpoint=checkpoint)
+    output = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(run_dir / "model"))
     if trainer.is_world_process_zero():
+        tokens = sum(len(f["input_ids"]) for f in features) * trainer.state.epoch
+        # train_runtime covers this process's run (after a resume: its remaining part)
+        runtime = output.metrics["train_runtime"] - trainer.eval_seconds
         best = {
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "best_valid_ndcg@10": trainer.state.best_metric,
             "steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "train_seconds_without_validation": runtime,
+            "validation_seconds": trainer.eval_seconds,
+            "resumed_from": checkpoint,
+            # throughput only for uninterrupted runs (a resumed process ran part of the epochs)
+            "seconds_per_epoch": None if checkpoint else runtime / max(trainer.state.epoch, 1e-9),
+            "tokens_per_second": None if checkpoint else tokens / runtime,
         }
         atomic_write_json(run_dir / "train_summary.json", best)
         plot_curves_safely(run_dir)

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from ilrec.config import Config
 from ilrec.data.dataset import InteractionData, load_dataset
@@ -93,7 +98,10 @@ def max_length(setup: Setup) -> int:
 def load_trained(run_dir: Path, setup: Setup) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The selected model and tokenizer saved in a run folder."""
     model_dir = run_dir / "model"
-    if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
+    if (
+        not (model_dir / "config.json").exists()
+        and not (model_dir / "adapter_config.json").exists()
+    ):
         raise FileNotFoundError(f"{model_dir}: no trained model (did `ilrec train` finish?)")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     if (model_dir / "adapter_config.json").exists():
@@ -109,7 +117,9 @@ def _load_lora(model_dir: Path, vocab_size: int) -> PreTrainedModel:
 
     from peft import PeftModel
 
-    base_path = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base_path = json.loads((model_dir / "adapter_config.json").read_text())[
+        "base_model_name_or_path"
+    ]
     base = AutoModelForCausalLM.from_pretrained(base_path)
     base.resize_token_embeddings(vocab_size, mean_resizing=False)
     return PeftModel.from_pretrained(base, model_dir).merge_and_unload()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ class RecTrainer(Trainer):
         self.objective = objective
         self.rank_metrics_fn = rank_metrics_fn
         self._objective_logs: dict[str, list[float]] = defaultdict(list)
+        self.eval_seconds = 0.0  # time spent in validation ranking (part of train_runtime)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = self.objective(model, inputs)
@@ -49,11 +51,15 @@ class RecTrainer(Trainer):
         super().log(logs, start_time)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        start = time.perf_counter()
         metrics = self.rank_metrics_fn(self.model)
+        self.eval_seconds += time.perf_counter() - start
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         metrics["epoch"] = self.state.epoch
         self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.control = self.callback_handler.on_evaluate(
+            self.args, self.state, self.control, metrics
+        )
         return metrics
 
 

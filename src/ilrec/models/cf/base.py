@@ -75,6 +75,9 @@ class SequentialRecommender(nn.Module):
         embedding_size: ``d``.
         uses_users: whether :meth:`encode` reads ``users`` (BPR) instead of the history.
         user_index: user id string -> index, filled by the trainer and saved with the model.
+        max_history: inference helpers keep only the most recent ``max_history`` items of a
+            history (``None``: no cut); set by the models with position embeddings and by the
+            trainer, so scoring sees histories as long as in training.
     """
 
     uses_users: bool = False
@@ -88,6 +91,7 @@ class SequentialRecommender(nn.Module):
         self.n_items = n_items
         self.embedding_size = embedding_size
         self.user_index: dict[str, int] = {}
+        self.max_history: int | None = None
 
     def encode(self, item_seq: Tensor, seq_len: Tensor, users: Tensor | None = None) -> Tensor:
         """User state after the history: ``[B, T]``, ``[B]`` -> ``[B, d]``."""
