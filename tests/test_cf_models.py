@@ -108,6 +108,10 @@ def test_contract_shapes_probs_and_padding_invariance(name: str) -> None:
     probs = cf_item_probs(model, [short, long], ["u0", "u1"])
     assert probs.shape == (2, N_ITEMS) and (probs >= 0).all()
     torch.testing.assert_close(probs.sum(1), torch.ones(2))
+    # Histories longer than max_history are cut to their most recent items.
+    model.max_history = 5
+    longer = cf_item_probs(model, [list(range(30, 50))], ["u0"])
+    torch.testing.assert_close(longer, cf_item_probs(model, [list(range(45, 50))], ["u0"]))
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "caser", "bpr"])
@@ -245,3 +249,14 @@ def test_bad_config_names_the_key(override: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_cf_config(CONFIG_DIR / "sasrec.yaml", [override])
     assert issubclass(ConfigError, ValueError)
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # lr far below float resolution: the weights never change, so epoch 1 stays the best.
+    config = small_config("gru4rec", epochs=10, patience=2, lr=1e-12)
+    result = train_cf(config, data_dir, tmp_path / "run")
+    assert (result["best_epoch"], result["epochs"]) == (1, 3)
+    saved = torch.load(tmp_path / "run" / "best.pt")
+    assert saved["epoch"] == 1 and saved["valid"] == result["valid"]

@@ -138,6 +138,10 @@ def test_sequence_format(code_tokenizer) -> None:
     assert enc.encode_example(Example("u", (2, 0), 4)) == {
         "input_ids": [1, 5, 8, 4, 9, 11, 7, 8],
         "labels": [-100, -100, -100, -100, -100, -100, 7, 8],
+        "items": [2, 0, 4],
+        "item_slot": [-1, -1, -1, -1, -1, -1, 2, 2],
+        "id_pos": [-1, -1, -1, -1, -1, -1, 0, 1],
+        "user": "u",
     }
 
 
@@ -155,10 +159,18 @@ def test_encode_window(code_tokenizer) -> None:
     assert enc.encode_window(Window("u", (0, 1, 2), 1)) == {
         "input_ids": [1, 4, 9, 11, 6, 10, 5, 8],
         "labels": [-100, -100, -100, -100, 6, 10, 5, 8],
+        "items": [0, 1, 2],
+        "item_slot": [-1, 0, 0, 0, 1, 1, 2, 2],
+        "id_pos": [-1, 0, 1, 2, 0, 1, 0, 1],
+        "user": "u",
     }
     assert enc.encode_window(Window("u", (3, 1, 4), 2)) == {
         "input_ids": [1, 4, 9, 12, 6, 10, 7, 8],
         "labels": [-100, -100, -100, -100, -100, -100, 7, 8],
+        "items": [3, 1, 4],
+        "item_slot": [-1, 0, 0, 0, 1, 1, 2, 2],
+        "id_pos": [-1, 0, 1, 2, 0, 1, 0, 1],
+        "user": "u",
     }
     prompt = Encoder.for_codes("prompt", code_tokenizer, CODES)
     with pytest.raises(ValueError, match="only in the 'sequence' format"):
@@ -172,8 +184,22 @@ def test_encode_training_sequence(code_tokenizer) -> None:
     assert windows == [Window("u1", (0, 1), 1), Window("u1", (1, 2), 1)]
     enc = Encoder.for_codes("sequence", code_tokenizer, CODES)
     assert enc.encode_training(splits.train_prefixes(), windows, seed=0) == [
-        {"input_ids": [1, 4, 9, 11, 6, 10], "labels": [-100, -100, -100, -100, 6, 10]},
-        {"input_ids": [1, 6, 10, 5, 8], "labels": [-100, -100, -100, 5, 8]},
+        {
+            "input_ids": [1, 4, 9, 11, 6, 10],
+            "labels": [-100, -100, -100, -100, 6, 10],
+            "items": [0, 1],
+            "item_slot": [-1, 0, 0, 0, 1, 1],
+            "id_pos": [-1, 0, 1, 2, 0, 1],
+            "user": "u1",
+        },
+        {
+            "input_ids": [1, 6, 10, 5, 8],
+            "labels": [-100, -100, -100, 5, 8],
+            "items": [1, 2],
+            "item_slot": [-1, 0, 0, 1, 1],
+            "id_pos": [-1, 0, 1, 0, 1],
+            "user": "u1",
+        },
     ]
 
 
@@ -290,3 +316,29 @@ def test_padding_collator() -> None:
     assert torch.equal(batch["input_ids"], torch.tensor([[5, 6, 7, 3], [8, 3, 3, 3]]))
     assert torch.equal(batch["attention_mask"], torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]]))
     assert torch.equal(batch["labels"], torch.tensor([[-100, 6, 7, -100], [8, -100, -100, -100]]))
+
+
+def test_padding_collator_item_fields() -> None:
+    features = [
+        {
+            "input_ids": [1, 5, 6],
+            "labels": [-100, 5, 6],
+            "items": [3, 4],
+            "item_slot": [-1, 1, 1],
+            "id_pos": [-1, 0, 1],
+            "user": "a",
+        },
+        {
+            "input_ids": [1, 7],
+            "labels": [-100, 7],
+            "items": [2],
+            "item_slot": [-1, 0],
+            "id_pos": [-1, 0],
+            "user": "b",
+        },
+    ]
+    batch = PaddingCollator(pad_token_id=0)(features)
+    assert torch.equal(batch["items"], torch.tensor([[3, 4], [2, -1]]))
+    assert torch.equal(batch["item_slot"], torch.tensor([[-1, 1, 1], [-1, 0, -1]]))
+    assert torch.equal(batch["id_pos"], torch.tensor([[-1, 0, 1], [-1, 0, -1]]))
+    assert batch["user"] == ["a", "b"]

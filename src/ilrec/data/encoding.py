@@ -108,9 +108,14 @@ class Encoder:
         """Prompt + response, labels only on the response."""
         prompt = self.prompt_ids(example.history, paraphrase)
         response = self.response_ids(example.target)
+        slot = len(example.history)
         return {
             "input_ids": prompt + response,
             "labels": [IGNORE_INDEX] * len(prompt) + response,
+            "items": [*example.history, example.target],
+            "item_slot": [-1] * len(prompt) + [slot] * len(response),
+            "id_pos": [-1] * len(prompt) + list(range(len(response))),
+            "user": example.user,
         }
 
     def encode_window(self, window: Window) -> dict[str, list[int]]:
@@ -118,11 +123,21 @@ class Encoder:
         if self.fmt != "sequence":
             raise ValueError("training windows exist only in the 'sequence' format")
         input_ids, labels = [self.tokenizer.bos_token_id], [IGNORE_INDEX]
+        item_slot, id_pos = [-1], [-1]
         for position, item in enumerate(window.items):
             ids = self.identifier_ids[item]
             input_ids.extend(ids)
             labels.extend(ids if position >= window.supervise_from else [IGNORE_INDEX] * len(ids))
-        return {"input_ids": input_ids, "labels": labels}
+            item_slot.extend([position] * len(ids))
+            id_pos.extend(range(len(ids)))
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "items": list(window.items),
+            "item_slot": item_slot,
+            "id_pos": id_pos,
+            "user": window.user,
+        }
 
     def encode_training(
         self, examples: list[Example], windows: list[Window], seed: int
@@ -134,9 +149,17 @@ class Encoder:
         return [self.encode_example(e, rng.randrange(self.n_paraphrases)) for e in examples]
 
 
+# Per-token fields and their padding values (besides input_ids).
+TOKEN_FIELDS = {"labels": IGNORE_INDEX, "item_slot": -1, "id_pos": -1}
+
+
 @dataclass
 class PaddingCollator:
-    """Right-pads ``input_ids`` (with ``pad_token_id``) and ``labels`` (with -100)."""
+    """Right-pads ``input_ids`` (with ``pad_token_id``), ``labels`` (with -100) and the
+    per-token item bookkeeping used by the collaborative reward (``item_slot``: index into
+    ``items`` of the item a token belongs to; ``id_pos``: position inside its identifier;
+    both -1 on prompt tokens and padding). ``items`` is padded with -1; ``user`` stays a list.
+    """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
@@ -145,14 +168,25 @@ class PaddingCollator:
         length = max(len(f["input_ids"]) for f in features)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        rows = len(features)
         batch = {
-            "input_ids": torch.full((len(features), length), self.pad_token_id, dtype=torch.long),
-            "attention_mask": torch.zeros((len(features), length), dtype=torch.long),
-            "labels": torch.full((len(features), length), IGNORE_INDEX, dtype=torch.long),
+            "input_ids": torch.full((rows, length), self.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros((rows, length), dtype=torch.long),
         }
+        fields = [k for k in TOKEN_FIELDS if k in features[0]]
+        for key in fields:
+            batch[key] = torch.full((rows, length), TOKEN_FIELDS[key], dtype=torch.long)
         for row, f in enumerate(features):
             n = len(f["input_ids"])
             batch["input_ids"][row, :n] = torch.tensor(f["input_ids"])
             batch["attention_mask"][row, :n] = 1
-            batch["labels"][row, :n] = torch.tensor(f["labels"])
+            for key in fields:
+                batch[key][row, :n] = torch.tensor(f[key])
+        if "items" in features[0]:
+            width = max(len(f["items"]) for f in features)
+            batch["items"] = torch.full((rows, width), -1, dtype=torch.long)
+            for row, f in enumerate(features):
+                batch["items"][row, : len(f["items"])] = torch.tensor(f["items"])
+        if "user" in features[0]:
+            batch["user"] = [f["user"] for f in features]
         return batch

@@ -143,6 +143,15 @@ def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits, targets)
 
 
+@torch.no_grad()
+def _logged_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy for the logs: ``logsumexp - z_y``, no ``[N, V]`` output."""
+    if targets.numel() == 0:
+        return logits.new_zeros(())
+    z_y = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+    return (torch.logsumexp(logits, dim=-1) - z_y).mean()
+
+
 class ILRecObjective:
     """``OBJECTIVES["ilrec"]``: CPO + λ·CPD + μ·CRR with self-hard negatives from the
     intermediate layers (see the module docstring).
@@ -244,8 +253,7 @@ class ILRecObjective:
 
         if use_cpo:
             main = cpo_loss(z, targets, weights, cfg.beta, sign_aware=cfg.sign_aware)
-            with torch.no_grad():
-                final_ce = _cross_entropy(z.detach(), targets)
+            final_ce = _logged_cross_entropy(z.detach(), targets) if cfg.layer_logs else None
         else:
             main = final_ce = _cross_entropy(z, targets)  # CPO with beta 0 is CE
         logs["cpo" if cfg.cpo else "ce"] = main.detach()
@@ -276,7 +284,7 @@ class ILRecObjective:
             with torch.no_grad():
                 if layer_logits is not None:
                     for i, layer in enumerate(self.layers):
-                        logs[f"ce_layer_{layer}"] = _cross_entropy(
+                        logs[f"ce_layer_{layer}"] = _logged_cross_entropy(
                             layer_logits[i].detach(), targets
                         )
                 logs[f"ce_layer_{self.n_layers}"] = final_ce.detach()
