@@ -421,3 +421,21 @@ def test_plot_layer_losses_needs_records(tmp_path):
     path.write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
     with pytest.raises(ValueError, match="ce_layer"):
         plot_layer_losses(path, tmp_path / "x.png")
+
+
+def test_lora_wrapped_model_shared_and_separate_heads():
+    from ilrec.config import ModelConfig
+    from ilrec.models.backbones import apply_lora
+
+    model = apply_lora(_tiny_model(), ModelConfig(lora=True, lora_r=2))
+    batch = _batch()
+    ref = ILRecObjective(_cfg(k=2, alpha=0.5), model)(model, batch)
+    objective = ILRecObjective(_cfg(k=2, alpha=0.5, head="separate"), model)
+    heads = getattr(model.get_base_model(), HEADS_ATTR)
+    out = objective(model, batch)
+    # initialised from the (PEFT-wrapped) head: the same loss as the shared head at first
+    torch.testing.assert_close(out.loss, ref.loss)
+    out.loss.backward()
+    assert all(p.requires_grad and p.grad is not None for p in heads.parameters())
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(p.grad is not None for p in lora)

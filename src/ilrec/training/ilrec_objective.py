@@ -209,10 +209,6 @@ class ILRecObjective:
         from ilrec.training.objectives import ObjectiveOutput, forward_supervised
 
         cfg = self.cfg
-        result = forward_supervised(model, batch)
-        targets = result.targets
-        z = self.final_logits(model, result)
-
         use_cpo = cfg.cpo and cfg.beta != 0
         use_crr = cfg.mu_crr > 0
         need_negatives = use_cpo or use_crr
@@ -223,6 +219,10 @@ class ILRecObjective:
                 "provider: call ILRecObjective.set_reward_provider(fn) (built from "
                 "objective.cf_run), or set objective.mu_crr=0"
             )
+
+        result = forward_supervised(model, batch)
+        targets = result.targets
+        z = self.final_logits(model, result)
 
         layer_logits = None
         if self.layers and (
