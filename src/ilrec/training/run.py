@@ -133,13 +133,22 @@ def train(
         )
         return metrics
 
+    objective = build_objective(config.objective, model)
+    if config.objective.mu_crr > 0:
+        from ilrec.training.crr import CFRewardProvider
+
+        vocab_size = model.get_output_embeddings().weight.shape[0]
+        provider = CFRewardProvider(
+            config.objective.cf_run, encoder.item_table(), vocab_size, config.data.max_history
+        )
+        objective.set_reward_provider(provider)
     trainer = RecTrainer(
         model=model,
         args=args,
         train_dataset=FeatureDataset(features),
         eval_dataset=valid,  # ranked by rank_metrics_fn, not by the Trainer's loss loop
         data_collator=PaddingCollator(tokenizer.pad_token_id),
-        objective=build_objective(config.objective, model),
+        objective=objective,
         rank_metrics_fn=rank_metrics_fn,
         callbacks=[JsonlLogger(run_dir / "metrics.jsonl"), *(callbacks or [])],
     )
