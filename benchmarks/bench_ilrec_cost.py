@@ -97,7 +97,8 @@ def run_worker(spec: dict) -> dict:
     for step in range(n_steps):
         start = (step * batch_size) % max(len(features) - batch_size, 1)
         rows = order[start : start + batch_size].tolist()
-        batches.append({k: v.to(device) for k, v in collate([features[i] for i in rows]).items()})
+        batch = collate([features[i] for i in rows])
+        batches.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
 
     model.to(device).train()
     objective = build_objective(config.objective, model)  # may attach separate heads

@@ -54,8 +54,20 @@ def train_and_eval(
             base = ["-c", str(args.base), f"data.path={args.data}", f"train.output_dir={run_dir}"]
             base += ["train.threads=1", *args.set, *overrides, "--overwrite"]
             run([sys.executable, "-m", "ilrec.cli", "train", *base], args.out / f"{name}.train.log")
-        cmd = [sys.executable, "-m", "ilrec.cli", "evaluate", "--run", str(run_dir),
-               "--split", split, "--mode", args.mode, "--batch-size", str(args.eval_batch)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ilrec.cli",
+            "evaluate",
+            "--run",
+            str(run_dir),
+            "--split",
+            split,
+            "--mode",
+            args.mode,
+            "--batch-size",
+            str(args.eval_batch),
+        ]
         if args.users:
             cmd += ["--users", str(args.users)]
         run(cmd, args.out / f"{name}.eval_{split}.log")
@@ -112,14 +124,17 @@ def main() -> None:
     if tuned:
         print("tuned on validation:", " ".join(tuned))
     jobs = [
-        (f"{variant}_s{seed}", [*VARIANTS[variant], f"train.seed={seed}",
-                                *(tuned if variant != "sft" else [])])
+        (
+            f"{variant}_s{seed}",
+            [*VARIANTS[variant], f"train.seed={seed}", *(tuned if variant != "sft" else [])],
+        )
         for variant in args.variants
         for seed in args.seeds
     ]
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = dict(zip([n for n, _ in jobs],
-                           pool.map(lambda j: train_and_eval(*j, args, "test"), jobs)))
+        results = dict(
+            zip([n for n, _ in jobs], pool.map(lambda j: train_and_eval(*j, args, "test"), jobs))
+        )
     print(f"\n{args.data} — test, {args.mode} full ranking, seeds {args.seeds}")
     print("| variant | " + " | ".join(KEYS) + " |\n|---|" + "---|" * len(KEYS))
     for variant in args.variants:

