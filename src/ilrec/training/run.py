@@ -194,7 +194,12 @@ def validation_subsample(examples: list, n: int, seed: int) -> list:
 def plot_curves_safely(run_dir: Path) -> None:
     from ilrec.evaluation.plots import plot_training_curves
 
+    from ilrec.evaluation.layer_curves import layer_loss_series, plot_layer_losses
+
+    metrics = run_dir / "metrics.jsonl"
     try:
-        plot_training_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+        plot_training_curves(metrics, run_dir / "curves.png")
+        if layer_loss_series(metrics):  # ILRec runs: per-layer losses (paper Figure 2)
+            plot_layer_losses(metrics, run_dir / "layer_losses.png")
     except Exception as e:  # a plot must never lose a finished run
         log.warning("could not plot training curves: %s", e)
