@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from ilrec.config import load_config
+from ilrec.evaluation.report import evaluate_run
 from ilrec.identifiers.vocab import build_text_tokenizer
 from ilrec.training.run import RunExistsError, train
 
@@ -42,6 +43,13 @@ def test_smoke_scratch_formats(synthetic_dir, tmp_path, tiny_overrides, extra):
         assert (run / name).exists(), name
     env = json.loads((run / "environment.json").read_text())
     assert env["packages"]["transformers"] and "git_commit" in env
+
+    modes = ["beam", "exact"] + (["ground"] if "data.format=title" in extra else [])
+    for mode in modes:
+        rows = evaluate_run(run, "test", mode=mode, beams=10, batch_size=8, users=6, progress=False)
+        assert set(rows) == {"popularity", f"model ({mode})"}
+        assert all(0.0 <= v <= 1.0 for v in rows[f"model ({mode})"].values())
+        assert (run / f"eval_test_{mode}.json").exists() and (run / f"eval_test_{mode}.md").exists()
 
 
 def _save_local_hf_model(folder, synthetic_dir):

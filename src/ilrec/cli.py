@@ -72,7 +72,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="full-ranking HR/NDCG of a trained run")
     p.add_argument("--run", required=True, type=Path, help="run folder written by `ilrec train`")
     p.add_argument("--split", choices=["test", "valid"], default="test")
-    p.add_argument("--mode", choices=["beam", "exact"], default="beam")
+    p.add_argument(
+        "--mode",
+        choices=["beam", "exact", "ground"],
+        default="beam",
+        help="beam: trie-constrained beam search; exact: score every item; ground: BIGRec "
+        "free generation + embedding grounding (title format)",
+    )
     p.add_argument("--beams", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--users", type=int, default=0, help="evaluate only the first N users (0 = all)")

@@ -2,11 +2,14 @@
 
 Every item of the catalogue is a candidate: *beam* mode walks the identifier trie with
 constrained beam search (fast path); *exact* mode scores every item's identifier (the
-correctness oracle). Under ``torchrun`` users are sharded across ranks and gathered, so
+correctness oracle); *ground* (title format) generates freely and ranks items by embedding
+distance, as BIGRec does. Under ``torchrun`` users are sharded across ranks and gathered, so
 every user is evaluated exactly once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -16,53 +19,29 @@ from ilrec.data.encoding import Encoder
 from ilrec.data.split import Example
 from ilrec.evaluation.beam import constrained_beam_search
 from ilrec.evaluation.exact import rank_items, score_all_items
+from ilrec.evaluation.grounding import ground_rank
 from ilrec.identifiers.trie import PrefixTrie
 from ilrec.metrics import rank_metrics
 
+MODES = ("beam", "exact", "ground")
 
-def _shard(n: int) -> tuple[int, int]:
+
+def _shard() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
-def rank_prompts(
-    model: nn.Module,
-    prompts: list[list[int]],
-    trie: PrefixTrie,
-    mode: str,
-    k: int,
-    batch_size: int,
-    pad_token_id: int,
-    progress: bool = False,
+def rank_sharded(
+    rank_fn: Callable[[list[list[int]]], torch.Tensor], prompts: list[list[int]], k: int
 ) -> torch.Tensor:
-    """``LongTensor[U, k]``: the top-k items of every prompt, best first.
+    """``LongTensor[U, k]`` from ``rank_fn`` over this rank's users, gathered in order.
 
-    Users are split round-robin over distributed ranks and gathered back in order.
+    Users are split round-robin over distributed ranks, so each is ranked exactly once.
     """
-    rank, world = _shard(len(prompts))
+    rank, world = _shard()
     mine = prompts[rank::world]
-    was_training = model.training
-    model.eval()
-    if not mine:
-        local = torch.empty(0, k, dtype=torch.long)
-    elif mode == "beam":
-        local, _ = constrained_beam_search(
-            model,
-            mine,
-            trie,
-            num_beams=k,
-            batch_size=batch_size,
-            pad_token_id=pad_token_id,
-            progress=progress,
-        )
-    elif mode == "exact":
-        scores = score_all_items(model, mine, trie, batch_size=batch_size, progress=progress)
-        local = rank_items(scores, k)
-    else:
-        raise ValueError(f"mode must be 'beam' or 'exact', got {mode!r}")
-    model.train(was_training)
-    local = local[:, :k].cpu()
+    local = rank_fn(mine)[:, :k].cpu() if mine else torch.empty(0, k, dtype=torch.long)
     if world == 1:
         return local
     gathered: list[torch.Tensor | None] = [None] * world
@@ -71,6 +50,38 @@ def rank_prompts(
     for r, part in enumerate(gathered):
         ranked[r::world] = part
     return ranked
+
+
+def make_ranker(
+    model: nn.Module, encoder: Encoder, mode: str, k: int, batch_size: int, progress: bool = False
+) -> Callable[[list[list[int]]], torch.Tensor]:
+    """A function ranking the whole catalogue for a list of prompts (top ``k`` items)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    pad = encoder.tokenizer.pad_token_id
+    if mode == "ground":
+        if encoder.fmt != "title":
+            raise ValueError("mode 'ground' (BIGRec grounding) needs the title format")
+        return lambda prompts: ground_rank(
+            model, encoder.tokenizer, prompts, encoder.identifiers, k, batch_size
+        )
+    trie = PrefixTrie.from_item_tokens(encoder.item_table())
+    if mode == "beam":
+        return lambda prompts: constrained_beam_search(
+            model,
+            prompts,
+            trie,
+            num_beams=k,
+            batch_size=batch_size,
+            pad_token_id=pad,
+            progress=progress,
+        )[0]
+    return lambda prompts: rank_items(
+        score_all_items(
+            model, prompts, trie, batch_size=batch_size, pad_token_id=pad, progress=progress
+        ),
+        k,
+    )
 
 
 def evaluate_examples(
@@ -84,11 +95,14 @@ def evaluate_examples(
     progress: bool = False,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Metrics and top-``beams`` rankings of a list of examples (prompt paraphrase 0)."""
-    trie = PrefixTrie.from_item_tokens(encoder.item_table())
     prompts = [encoder.prompt_ids(e.history) for e in examples]
-    ranked = rank_prompts(
-        model, prompts, trie, mode, beams, batch_size, encoder.tokenizer.pad_token_id, progress
-    )
+    was_training = model.training
+    model.eval()
+    try:
+        ranker = make_ranker(model, encoder, mode, beams, batch_size, progress)
+        ranked = rank_sharded(ranker, prompts, beams)
+    finally:
+        model.train(was_training)
     targets = torch.tensor([e.target for e in examples])
     return rank_metrics(ranked, targets, ks=ks), ranked
 
