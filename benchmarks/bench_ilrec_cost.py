@@ -78,6 +78,8 @@ def run_worker(spec: dict) -> dict:
         overrides.append("objective.name=ce")
     else:
         overrides += spec["ilrec_overrides"]
+    if spec["variant"] == "ilrec+crr":
+        overrides += ["objective.mu_crr=0.01", f"objective.cf_run={spec['cf_run']}"]
     config = load_config(ILREC_CONFIG, overrides)
     setup = load_setup(config)
     torch.manual_seed(spec["seed"])
@@ -101,7 +103,8 @@ def run_worker(spec: dict) -> dict:
         batches.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
 
     model.to(device).train()
-    objective = build_objective(config.objective, model)  # may attach separate heads
+    # may attach separate heads, and builds the CRR reward provider when mu_crr > 0
+    objective = build_objective(config.objective, model, encoder, config.data.max_history)
     model.to(device)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.train.lr
@@ -178,8 +181,9 @@ def run_variant(spec: dict) -> dict:
 
 def markdown_table(rows: list[tuple[str, dict, dict]]) -> str:
     lines = [
-        "| setting | layers | vocab | positions/batch | CE step | ILRec step | time ratio "
-        "| CE peak Δ | ILRec peak Δ | memory ratio | first-batch CE (ce / ilrec) "
+        "| setting: baseline → variant | layers | vocab | positions/batch | baseline step "
+        "| variant step | time ratio | baseline peak Δ | variant peak Δ | memory ratio "
+        "| first-batch CE (baseline / variant) "
         "| negatives/pos | neg. with logit < 0 |",
         "|" + "---|" * 13,
     ]
@@ -230,6 +234,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smollm2-batch-size", type=int, default=8)
     parser.add_argument("--smollm2-steps", type=int, default=5)
     parser.add_argument(
+        "--cf-run",
+        type=Path,
+        default=None,
+        help="a train-cf run on the same data: adds the ilrec+crr variant (mu_crr=0.01)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="key=value applied to the ilrec variant (configs/ilrec.yaml)"
     )
     return parser.parse_args(argv)
@@ -251,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         generate_synthetic(data, n_users=200, n_items=60, seed=0, index_epochs=20)
     data = (data or INSTRUMENTS).resolve()
 
-    common = {"threads": args.threads, "seed": args.seed, "ilrec_overrides": args.overrides}
+    common = {
+        "threads": args.threads,
+        "seed": args.seed,
+        "ilrec_overrides": args.overrides,
+        "cf_run": str(args.cf_run.resolve()) if args.cf_run else None,
+    }
+    variants = ("ce", "ilrec", "ilrec+crr") if args.cf_run else ("ce", "ilrec")
     if args.quick:
         settings = [
             ("tiny / sequence", ["model.preset=tiny", "data.format=sequence"], 8, 3, 1),
@@ -284,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, overrides, batch_size, steps, warmup in settings:
         results = {}
-        for variant in ("ce", "ilrec"):
+        for variant in variants if name.startswith(("small", "tiny")) else ("ce", "ilrec"):
             spec = {
                 **common,
                 "setting": name,
@@ -308,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         else:
-            rows.append((f"{name}, batch {batch_size}", results["ce"], results["ilrec"]))
+            rows.append(
+                (f"{name}, batch {batch_size}: ce → ilrec", results["ce"], results["ilrec"])
+            )
+            if "ilrec+crr" in results:
+                crr, base = results["ilrec+crr"], results["ilrec"]
+                rows.append((f"{name}, batch {batch_size}: ilrec → ilrec+crr", base, crr))
     ilrec_cfg = " ".join(args.overrides) or "configs/ilrec.yaml defaults"
     print(f"\nILRec variant: {ilrec_cfg}\n")
     print(markdown_table(rows))

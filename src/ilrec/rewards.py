@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["prefix_rewards"]
+from ilrec.identifiers.trie import PrefixTrie
+
+__all__ = ["item_paths", "prefix_rewards", "trie_prefix_rewards"]
 
 # Upper bound on the temporary memory of one chunk of positions (match matrix and friends).
 _CHUNK_BYTES = 256 * 1024 * 1024
@@ -133,3 +135,57 @@ def prefix_rewards(
             safe = denom > 0
             out[idx] = torch.where(safe, numer / denom.clamp_min(1e-38), torch.zeros_like(numer))
     return out
+
+
+def item_paths(trie: PrefixTrie, item_tokens: Tensor) -> Tensor:
+    """``LongTensor[I, D + 1]``: the trie node of every item's prefix of length ``0..D``
+    (column 0 is the root; -1 past the end of a shorter identifier)."""
+    n_items, depth = item_tokens.shape
+    paths = torch.full((n_items, depth + 1), -1, dtype=torch.long)
+    paths[:, 0] = 0
+    for d in range(depth):  # a loop over identifier depth, vectorized over items
+        token = item_tokens[:, d]
+        live = (token >= 0) & (paths[:, d] >= 0)
+        paths[live, d + 1] = trie.step(paths[live, d], token[live])
+    return paths
+
+
+@torch.no_grad()
+def trie_prefix_rewards(
+    item_probs: Tensor,
+    trie: PrefixTrie,
+    paths: Tensor,
+    groups: Tensor,
+    prefix_nodes: Tensor,
+    vocab_size: int,
+) -> Tensor:
+    r"""Eq. 10 through the identifier trie: the same values as :func:`prefix_rewards` for
+    positions whose prefixes are trie nodes, at a fraction of the cost.
+
+    The CF mass of every trie node (the sum of ``R(i)`` over the items below it) is computed
+    once per distinct distribution; a position's rewards are its prefix node's children's
+    masses divided by the node's own mass.
+
+    Args:
+        item_probs: ``[M, I]`` distinct CF distributions ``R``.
+        trie: the identifier trie; ``paths`` = :func:`item_paths` of its item table.
+        groups: ``LongTensor[N]``, the row of ``item_probs`` of each position.
+        prefix_nodes: ``LongTensor[N]``, the trie node of each position's prefix ``c_{<t}``.
+        vocab_size: ``V``.
+
+    Returns:
+        ``[N, V]`` float32 rewards; 0 for tokens continuing no item and rows of zero mass.
+    """
+    probs = item_probs.float()
+    n_nodes = trie.n_nodes
+    mass = probs.new_zeros(probs.shape[0], n_nodes)  # [M, n_nodes]
+    for d in range(paths.shape[1]):
+        live = paths[:, d] >= 0
+        mass.index_add_(1, paths[live, d], probs[:, live])
+    rows, edges = trie.edge_slices(prefix_nodes)  # all children of every prefix node
+    child_mass = mass[groups[rows], trie.child_node[edges]]
+    node_mass = mass[groups[rows], prefix_nodes[rows]]
+    values = torch.where(node_mass > 0, child_mass / node_mass.clamp(min=1e-30), 0.0)
+    rewards = probs.new_zeros(prefix_nodes.numel(), vocab_size)
+    rewards[rows, trie.child_token[edges]] = values
+    return rewards

@@ -3,7 +3,9 @@
 A trained, frozen CF model (``ilrec train-cf``) gives ``R(i)``, the probability of every item
 after the *same history the LM sees* for each supervised identifier; Eq. 10 turns it into
 token rewards at every supervised position. CF scores are computed once per distinct
-(example, target item) of a batch and shared by that identifier's token positions.
+(example, target item) of a batch and shared by that identifier's token positions; Eq. 10 is
+evaluated through the identifier trie (node masses), which equals
+:func:`ilrec.rewards.prefix_rewards` at a fraction of its cost.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ilrec.rewards import prefix_rewards
+from ilrec.identifiers.trie import PrefixTrie
+from ilrec.rewards import item_paths, trie_prefix_rewards
 
 
 class CFRewardProvider:
@@ -38,7 +41,8 @@ class CFRewardProvider:
                 f"objective.cf_run={cf_run}: the CF model has {self.model.n_items} items, "
                 f"the dataset {item_tokens.shape[0]} (trained on another dataset?)"
             )
-        self.item_tokens = item_tokens
+        self.trie = PrefixTrie.from_item_tokens(item_tokens)
+        self.paths = item_paths(self.trie, item_tokens)  # [I, D + 1] prefix nodes
         self.vocab_size = vocab_size
         self.max_history = max_history
 
@@ -58,13 +62,10 @@ class CFRewardProvider:
         users = [batch["user"][r] for r in u_rows.tolist()] if "user" in batch else None
         from ilrec.training.cf import cf_item_probs
 
-        probs = cf_item_probs(self.model, histories, users).to(index.device)  # [M, I]
-        target_items = items[u_rows, u_slots]  # [M]
-        prefix_tokens = self.item_tokens.to(index.device)[target_items][inverse]  # [N, D]
-        return prefix_rewards(
-            probs[inverse],
-            self.item_tokens.to(index.device),
-            prefix_len,
-            prefix_tokens,
-            self.vocab_size,
+        probs = cf_item_probs(self.model, histories, users).cpu()  # [M, I]
+        target_items = items[u_rows, u_slots].cpu()[inverse.cpu()]  # [N]
+        prefix_nodes = self.paths[target_items, prefix_len.cpu()]  # [N]
+        rewards = trie_prefix_rewards(
+            probs, self.trie, self.paths, inverse.cpu(), prefix_nodes, self.vocab_size
         )
+        return rewards.to(index.device)

@@ -64,10 +64,25 @@ class CrossEntropyObjective:
         return ObjectiveOutput(loss, {"ce": loss.item()})
 
 
-def build_objective(cfg: ObjectiveConfig, model: nn.Module) -> Callable:
+def build_objective(
+    cfg: ObjectiveConfig, model: nn.Module, encoder=None, max_history: int = 20
+) -> Callable:
+    """The objective named by ``cfg.name``; with ``mu_crr > 0`` its CRR reward provider is
+    built from the CF run ``cfg.cf_run`` (needs the ``encoder``'s identifier table and the
+    LM's history length, so the CF model sees the same histories)."""
     if cfg.name not in OBJECTIVES:
         raise ValueError(f"objective.name must be one of {sorted(OBJECTIVES)}, got {cfg.name!r}")
-    return OBJECTIVES[cfg.name](cfg, model)
+    objective = OBJECTIVES[cfg.name](cfg, model)
+    if cfg.mu_crr > 0 and hasattr(objective, "set_reward_provider"):
+        if encoder is None:
+            raise ValueError("objective.mu_crr > 0: build_objective needs the encoder")
+        from ilrec.training.crr import CFRewardProvider
+
+        vocab_size = model.get_output_embeddings().weight.shape[0]
+        objective.set_reward_provider(
+            CFRewardProvider(cfg.cf_run, encoder.item_table(), vocab_size, max_history)
+        )
+    return objective
 
 
 OBJECTIVES: dict[str, type] = {"ce": CrossEntropyObjective, "ilrec": ILRecObjective}

@@ -137,15 +137,7 @@ def train(
         )
         return metrics
 
-    objective = build_objective(config.objective, model)
-    if config.objective.mu_crr > 0:
-        from ilrec.training.crr import CFRewardProvider
-
-        vocab_size = model.get_output_embeddings().weight.shape[0]
-        provider = CFRewardProvider(
-            config.objective.cf_run, encoder.item_table(), vocab_size, config.data.max_history
-        )
-        objective.set_reward_provider(provider)
+    objective = build_objective(config.objective, model, encoder, config.data.max_history)
     trainer = RecTrainer(
         model=model,
         args=args,
@@ -192,9 +184,8 @@ def validation_subsample(examples: list, n: int, seed: int) -> list:
 
 
 def plot_curves_safely(run_dir: Path) -> None:
-    from ilrec.evaluation.plots import plot_training_curves
-
     from ilrec.evaluation.layer_curves import layer_loss_series, plot_layer_losses
+    from ilrec.evaluation.plots import plot_training_curves
 
     metrics = run_dir / "metrics.jsonl"
     try:
