@@ -229,11 +229,28 @@ def _print_floor(model, trie, prompts, vocab, t_exact) -> None:
     )
 
 
+def run_folder_data(run_dir: str) -> tuple[nn.Module, BenchData]:
+    """The selected model of a run and its test users' prompts (paraphrase 0)."""
+    from pathlib import Path
+
+    from ilrec.config import load_config
+    from ilrec.training.setup import load_setup, load_trained, make_encoder
+
+    config = load_config(Path(run_dir) / "config.yaml")
+    setup = load_setup(config)
+    model, tokenizer = load_trained(Path(run_dir), setup)
+    encoder = make_encoder(setup, tokenizer)
+    prompts = [encoder.prompt_ids(e.history) for e in setup.splits.test]
+    data = BenchData(prompts, encoder.item_table(), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    return model.float().eval(), data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--model-dir", help="saved Hugging Face causal LM folder")
     src.add_argument("--tiny", action="store_true", help="random small Llama + synthetic data")
+    src.add_argument("--run", help="an `ilrec train` run folder: its model, test prompts, items")
     parser.add_argument("--data", help=".pt file (keys: prompts, item_tokens, pad/eos_token_id)")
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--beams", type=int, default=20)
@@ -247,7 +264,9 @@ def main() -> None:
     parser.add_argument("--skip-exact", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.tiny and args.data is None:
+    if args.run:
+        model, data = run_folder_data(args.run)
+    elif args.tiny and args.data is None:
         data, vocab = synthetic_data(args.users, args.tiny_items, levels=3, codebook=12)
         model = tiny_model(vocab)
     else:
