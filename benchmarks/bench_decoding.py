@@ -157,14 +157,17 @@ def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run(model, data: BenchData, users: int, beams: int, args) -> None:
     prompts = data.prompts[:users]
-    table = with_eos(data.item_tokens, data.eos_token_id)
+    # HF generate needs an end token to finish variable-length identifiers; --no-eos scores
+    # the identifiers as the evaluation does for the sequence format (no EOS), without it.
+    table = data.item_tokens if args.no_eos else with_eos(data.item_tokens, data.eos_token_id)
     trie, build_s = timed(lambda: PrefixTrie.from_item_tokens(table))
     vocab = model.get_output_embeddings().weight.shape[0]
     pad, eos = data.pad_token_id, data.eos_token_id
     n_users = len(prompts)
     print(
         f"threads {torch.get_num_threads()}, users {n_users}, items {trie.n_items}, "
-        f"beams {beams}, identifier depth {trie.depth} (EOS included), trie nodes {trie.n_nodes} "
+        f"beams {beams}, identifier depth {trie.depth} "
+        f"({'no EOS' if args.no_eos else 'EOS included'}), trie nodes {trie.n_nodes} "
         f"(built in {build_s * 1e3:.1f} ms), mean prompt length "
         f"{sum(map(len, prompts)) / n_users:.1f}"
     )
@@ -262,7 +265,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-generate", action="store_true")
     parser.add_argument("--skip-exact", action="store_true")
+    parser.add_argument(
+        "--no-eos", action="store_true", help="score identifiers without EOS (skips generate)"
+    )
     args = parser.parse_args()
+    args.skip_generate = args.skip_generate or args.no_eos
     torch.set_num_threads(args.threads)
     if args.run:
         model, data = run_folder_data(args.run)
