@@ -12,22 +12,8 @@ import pytest
 
 from ilrec.cli import build_parser, main
 from ilrec.data.dataset import DataError
+from toy_data import INDEX, SEQUENCES
 
-SEQUENCES = {
-    "0": [0, 1, 2, 3],
-    "1": [1, 2, 3, 4, 5],
-    "2": [5, 4, 3],
-    "3": [0, 2, 4, 1, 3, 5],
-    "4": [2, 3, 0],
-}
-INDEX = {
-    "0": ["<a_1>", "<b_2>"],
-    "1": ["<a_3>", "<b_4>"],
-    "2": ["<a_2>", "<b_1>"],
-    "3": ["<a_1>", "<b_2>"],
-    "4": ["<a_10>", "<b_1>"],
-    "5": ["<a_3>", "<b_1>", "<c_0>"],
-}
 ITEMS = {str(i): {"title": f"Item {i}"} for i in range(6)}
 STATS = [
     "                   users: 5",

@@ -17,26 +17,12 @@ from ilrec.data.dataset import (
     dataset_statistics,
     load_dataset,
 )
+from toy_data import INDEX, SEQUENCES
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # 5 users, 6 items, 21 interactions; items 0 and 3 share their identifier (a collision),
 # item 5 has a third level.
-SEQUENCES = {
-    "0": [0, 1, 2, 3],
-    "1": [1, 2, 3, 4, 5],
-    "2": [5, 4, 3],
-    "3": [0, 2, 4, 1, 3, 5],
-    "4": [2, 3, 0],
-}
-INDEX = {
-    "0": ["<a_1>", "<b_2>"],
-    "1": ["<a_3>", "<b_4>"],
-    "2": ["<a_2>", "<b_1>"],
-    "3": ["<a_1>", "<b_2>"],
-    "4": ["<a_10>", "<b_1>"],
-    "5": ["<a_3>", "<b_1>", "<c_0>"],
-}
 ITEMS = {
     "0": {"title": "Guitar Strings", "description": "Nickel wound", "brand": "Ernie"},
     "1": {"title": "Capo"},
