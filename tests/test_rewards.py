@@ -185,13 +185,16 @@ def test_validation():
 def test_trie_prefix_rewards_equal_the_reference(seed):
     """The trie path gives exactly Eq. 10 as computed by prefix_rewards."""
     from ilrec.identifiers.trie import PrefixTrie
-    from ilrec.rewards import item_paths, trie_prefix_rewards
+    from ilrec.rewards import item_paths, node_item_ranges, trie_prefix_rewards
 
     gen = torch.Generator().manual_seed(seed)
     n_items, depth, vocab = 25, 4, 12
     codes = torch.randint(0, 3, (n_items, depth - 1), generator=gen) + 3 * torch.arange(depth - 1)
     table = torch.cat([codes, torch.arange(n_items).unsqueeze(1) % 2 + 9], dim=1)
-    table = torch.unique(table, dim=0)  # distinct identifiers
+    short = torch.rand(n_items, generator=gen) < 0.3  # variable length: [code, 11], -1 padded
+    table[short, 1] = 11
+    table[short, 2:] = -1
+    table = torch.unique(table, dim=0)  # distinct, prefix-free identifiers
     n_items = table.shape[0]
     trie = PrefixTrie.from_item_tokens(table)
     paths = item_paths(trie, table)
@@ -202,6 +205,7 @@ def test_trie_prefix_rewards_equal_the_reference(seed):
     targets = torch.randint(0, n_items, (n,), generator=gen)
     prefix_len = torch.randint(0, depth, (n,), generator=gen)
     nodes = paths[targets, prefix_len]
-    fast = trie_prefix_rewards(probs, trie, paths, groups, nodes, vocab)
+    ranges = node_item_ranges(paths, trie.n_nodes)
+    fast = trie_prefix_rewards(probs, trie, ranges, groups, nodes, vocab)
     slow = prefix_rewards(probs[groups], table, prefix_len, table[targets], vocab)
     torch.testing.assert_close(fast, slow)

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from ilrec.identifiers.trie import PrefixTrie
-from ilrec.rewards import item_paths, trie_prefix_rewards
+from ilrec.models.cf.base import SequentialRecommender
+from ilrec.rewards import item_paths, node_item_ranges, trie_prefix_rewards
+from ilrec.training.cf import cf_item_probs, load_cf_model
 
 
 class CFRewardProvider:
@@ -32,8 +34,6 @@ class CFRewardProvider:
     def __init__(
         self, cf_run: str | Path, item_tokens: torch.Tensor, vocab_size: int, max_history: int
     ) -> None:
-        from ilrec.training.cf import load_cf_model
-
         self.model, _ = load_cf_model(cf_run)
         self.model.requires_grad_(False)
         if self.model.n_items != item_tokens.shape[0]:
@@ -43,6 +43,11 @@ class CFRewardProvider:
             )
         self.trie = PrefixTrie.from_item_tokens(item_tokens)
         self.paths = item_paths(self.trie, item_tokens)  # [I, D + 1] prefix nodes
+        self.ranges = node_item_ranges(self.paths, self.trie.n_nodes)
+        # Causal models (SASRec, GRU4Rec) give the state after every prefix in one pass.
+        self.per_position = (
+            type(self.model).encode_all_positions is not SequentialRecommender.encode_all_positions
+        )
         self.vocab_size = vocab_size
         self.max_history = max_history
 
@@ -51,21 +56,34 @@ class CFRewardProvider:
         rows, positions = index[:, 0], index[:, 1] + 1  # the token predicted at index[:, 1]
         slots = batch["item_slot"][rows, positions]  # [N] which item of the example
         prefix_len = batch["id_pos"][rows, positions]  # [N] identifier tokens before it
-        items = batch["items"]  # [B, W], -1 padded
+        items = batch["items"].cpu()  # [B, W], -1 padded
         width = items.shape[1]
-        unique, inverse = torch.unique(rows * width + slots, return_inverse=True)
+        unique, inverse = torch.unique((rows * width + slots).cpu(), return_inverse=True)
         u_rows, u_slots = unique // width, unique % width
-        histories = [
-            items[r, max(0, s - self.max_history) : s].tolist()
-            for r, s in zip(u_rows.tolist(), u_slots.tolist(), strict=True)
-        ]
         users = [batch["user"][r] for r in u_rows.tolist()] if "user" in batch else None
-        from ilrec.training.cf import cf_item_probs
-
-        probs = cf_item_probs(self.model, histories, users).cpu()  # [M, I]
-        target_items = items[u_rows, u_slots].cpu()[inverse.cpu()]  # [N]
+        probs = self.item_probs(items, u_rows, u_slots, users)  # [M, I]
+        target_items = items[u_rows, u_slots][inverse]  # [N]
         prefix_nodes = self.paths[target_items, prefix_len.cpu()]  # [N]
         rewards = trie_prefix_rewards(
-            probs, self.trie, self.paths, inverse.cpu(), prefix_nodes, self.vocab_size
+            probs, self.trie, self.ranges, inverse, prefix_nodes, self.vocab_size
         )
         return rewards.to(index.device)
+
+    def item_probs(
+        self, items: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, users: list | None
+    ) -> torch.Tensor:
+        """``R(i)`` after ``items[rows[m], :slots[m]]`` (cut to ``max_history``): ``[M, I]``."""
+        if self.per_position and int(slots.max()) <= self.max_history:
+            # every history starts at its example's first item: one causal pass per example
+            examples, which = torch.unique(rows, return_inverse=True)
+            seqs = items[examples, : self.max_history]  # [R, T]
+            item_seq, seq_len = (seqs + 1).clamp(min=0), (seqs >= 0).sum(1)
+            device = next(self.model.parameters()).device
+            states = self.model.encode_all_positions(item_seq.to(device), seq_len.to(device))
+            logits = self.model.score_all(states[which, slots - 1])  # state after slot items
+            return torch.softmax(logits.float(), dim=-1).cpu()
+        histories = [
+            items[r, max(0, s - self.max_history) : s].tolist()
+            for r, s in zip(rows.tolist(), slots.tolist(), strict=True)
+        ]
+        return cf_item_probs(self.model, histories, users).cpu()
