@@ -131,7 +131,8 @@ def main() -> None:
     jobs = [
         (
             f"{variant}_s{seed}",
-            [*VARIANTS[variant], f"train.seed={seed}", *(tuned if variant != "sft" else [])],
+            # the variant's own settings win over the tuned ones (e.g. il_cpo's lambda = 0)
+            [*(tuned if variant != "sft" else []), *VARIANTS[variant], f"train.seed={seed}"],
         )
         for variant in args.variants
         for seed in args.seeds
