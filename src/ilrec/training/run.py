@@ -168,6 +168,7 @@ def train(
         }
         atomic_write_json(run_dir / "train_summary.json", best)
         plot_curves_safely(run_dir)
+    _barrier()  # no rank returns (and, e.g., reads model/) before the main one has written it
     return {"ndcg@10": trainer.state.best_metric or 0.0}
 
 
