@@ -78,3 +78,9 @@ def hidden_states(
         use_cache=False,
     )
     return out.hidden_states if all_layers else (out.last_hidden_state,)
+
+
+def final_logits(model: nn.Module, last_hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``z = P^L`` at the supervised positions: the model's own head on the last (normed)
+    hidden state ``[B, T, H]`` gathered at ``index [N, 2]``; float32 ``[N, V]``."""
+    return lm_parts(model).head(gather(last_hidden, index)).float()

@@ -45,7 +45,7 @@ from ilrec.losses import (
     extract_negatives,
     penalty_weights,
 )
-from ilrec.models.layers import LMParts, causal_lm, gather, lm_parts
+from ilrec.models.layers import LMParts, causal_lm, final_logits, gather, lm_parts
 
 if TYPE_CHECKING:  # objectives.py imports this module for its registry
     from ilrec.training.objectives import ForwardResult, ObjectiveOutput
@@ -189,7 +189,7 @@ class ILRecObjective:
 
     def final_logits(self, model: nn.Module, result: ForwardResult) -> Tensor:
         """``z = P^L`` at the supervised positions, float32 ``[N, V]``."""
-        return lm_parts(model).head(gather(result.hidden[-1], result.index)).float()
+        return final_logits(model, result.hidden[-1], result.index)
 
     def layer_logits(self, model: nn.Module, result: ForwardResult) -> Tensor:
         """``P^l = φ(h^l)`` of the candidate layers at the supervised positions, float32

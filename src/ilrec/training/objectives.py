@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ilrec.config import ObjectiveConfig
-from ilrec.models.layers import gather, lm_parts, supervised_positions
+from ilrec.models.layers import final_logits, supervised_positions
 from ilrec.training.ilrec_objective import ILRecObjective
 
 
@@ -58,8 +58,7 @@ class CrossEntropyObjective:
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
         result = forward_supervised(model, batch)
-        head = lm_parts(model).head
-        logits = head(gather(result.hidden[-1], result.index)).float()  # [N, V]
+        logits = final_logits(model, result.hidden[-1], result.index)  # [N, V]
         loss = F.cross_entropy(logits, result.targets)
         return ObjectiveOutput(loss, {"ce": loss.item()})
 
