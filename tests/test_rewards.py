@@ -185,7 +185,7 @@ def test_validation():
 def test_trie_prefix_rewards_equal_the_reference(seed):
     """The trie path gives exactly Eq. 10 as computed by prefix_rewards."""
     from ilrec.identifiers.trie import PrefixTrie
-    from ilrec.rewards import item_paths, node_item_ranges, trie_prefix_rewards
+    from ilrec.rewards import item_paths, trie_prefix_rewards
 
     gen = torch.Generator().manual_seed(seed)
     n_items, depth, vocab = 25, 4, 12
@@ -205,7 +205,6 @@ def test_trie_prefix_rewards_equal_the_reference(seed):
     targets = torch.randint(0, n_items, (n,), generator=gen)
     prefix_len = torch.randint(0, depth, (n,), generator=gen)
     nodes = paths[targets, prefix_len]
-    ranges = node_item_ranges(paths, trie.n_nodes)
-    fast = trie_prefix_rewards(probs, trie, ranges, groups, nodes, vocab)
+    fast = trie_prefix_rewards(probs, trie, paths, groups, nodes, vocab)
     slow = prefix_rewards(probs[groups], table, prefix_len, table[targets], vocab)
     torch.testing.assert_close(fast, slow)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ilrec.identifiers.trie import PrefixTrie
 
-__all__ = ["item_paths", "node_item_ranges", "prefix_rewards", "trie_prefix_rewards"]
+__all__ = ["item_paths", "prefix_rewards", "trie_prefix_rewards"]
 
 # Upper bound on the temporary memory of one chunk of positions (match matrix and friends).
 _CHUNK_BYTES = 256 * 1024 * 1024
@@ -150,36 +150,11 @@ def item_paths(trie: PrefixTrie, item_tokens: Tensor) -> Tensor:
     return paths
 
 
-def node_item_ranges(paths: Tensor, n_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Items sorted by identifier, so that every trie node covers a contiguous range of them.
-
-    Args:
-        paths: :func:`item_paths` ``[I, D + 1]``.
-        n_nodes: the trie's node count.
-
-    Returns:
-        ``order[I]`` (item ids in identifier order), and ``start[n_nodes]``, ``end[n_nodes]``:
-        node ``u`` covers ``order[start[u]:end[u]]``.
-    """
-    order = torch.arange(paths.shape[0])
-    for d in range(paths.shape[1] - 1, 0, -1):  # lexicographic order of the node paths
-        order = order[torch.argsort(paths[order, d], stable=True)]
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())
-    start = torch.full((n_nodes,), order.numel(), dtype=torch.long)
-    end = torch.zeros(n_nodes, dtype=torch.long)
-    for d in range(paths.shape[1]):
-        live = paths[:, d] >= 0
-        start.scatter_reduce_(0, paths[live, d], rank[live], reduce="amin")
-        end.scatter_reduce_(0, paths[live, d], rank[live] + 1, reduce="amax")
-    return order, start, end
-
-
 @torch.no_grad()
 def trie_prefix_rewards(
     item_probs: Tensor,
     trie: PrefixTrie,
-    ranges: tuple[Tensor, Tensor, Tensor],
+    paths: Tensor,
     groups: Tensor,
     prefix_nodes: Tensor,
     vocab_size: int,
@@ -187,13 +162,14 @@ def trie_prefix_rewards(
     r"""Eq. 10 through the identifier trie: the same values as :func:`prefix_rewards` for
     positions whose prefixes are trie nodes, at a fraction of the cost.
 
-    With items sorted by identifier every trie node covers a contiguous range of items, so the
-    CF mass below a node is a difference of two prefix sums of ``R`` (float64). A position's
-    rewards are its prefix node's children's masses divided by the node's own mass.
+    The CF mass below every trie node is accumulated depth by depth (one ``index_add`` over
+    the items per identifier depth, all in float32 sums of non-negative terms, so no
+    cancellation); a position's rewards are its prefix node's children's masses divided by the
+    node's own mass.
 
     Args:
         item_probs: ``[M, I]`` distinct CF distributions ``R``.
-        trie: the identifier trie; ``ranges`` = :func:`node_item_ranges` of its item paths.
+        trie: the identifier trie; ``paths`` = :func:`item_paths` of its items ``[I, D + 1]``.
         groups: ``LongTensor[N]``, the row of ``item_probs`` of each position.
         prefix_nodes: ``LongTensor[N]``, the trie node of each position's prefix ``c_{<t}``.
         vocab_size: ``V``.
@@ -201,20 +177,20 @@ def trie_prefix_rewards(
     Returns:
         ``[N, V]`` float32 rewards; 0 for tokens continuing no item and rows of zero mass.
     """
-    order, start, end = ranges
-    cum = torch.cumsum(item_probs[:, order], dim=1, dtype=torch.float64)  # [M, I]
-
-    def mass(g: Tensor, nodes: Tensor) -> Tensor:
-        """Σ R over order[start:end] = cum[end - 1] - cum[start - 1] (0 when start = 0)."""
-        first = start[nodes]
-        before = torch.where(first > 0, cum[g, (first - 1).clamp(min=0)], 0.0)
-        return cum[g, end[nodes] - 1] - before
-
+    item_probs = item_probs.float()
+    node_mass = item_probs.new_zeros(item_probs.shape[0], trie.n_nodes)
+    for d in range(paths.shape[1]):  # a loop over identifier depth, vectorized over items
+        nodes = paths[:, d]
+        live = nodes >= 0
+        if bool(live.all()):
+            node_mass.index_add_(1, nodes, item_probs)
+        else:
+            node_mass.index_add_(1, nodes[live], item_probs[:, live])
     rows, edges = trie.edge_slices(prefix_nodes)  # all children of every prefix node
     g = groups[rows]
-    child_mass = mass(g, trie.child_node[edges])
-    node_mass = mass(g, prefix_nodes[rows])
-    values = torch.where(node_mass > 0, child_mass / node_mass.clamp(min=1e-300), 0.0)
+    child_mass = node_mass[g, trie.child_node[edges]]
+    parent_mass = node_mass[g, prefix_nodes[rows]]
+    values = torch.where(parent_mass > 0, child_mass / parent_mass.clamp(min=1e-38), 0.0)
     rewards = torch.zeros(prefix_nodes.numel(), vocab_size)
-    rewards[rows, trie.child_token[edges]] = values.float()
+    rewards[rows, trie.child_token[edges]] = values
     return rewards

@@ -4,7 +4,7 @@ A trained, frozen CF model (``ilrec train-cf``) gives ``R(i)``, the probability 
 after the *same history the LM sees* for each supervised identifier; Eq. 10 turns it into
 token rewards at every supervised position. CF scores are computed once per distinct
 (example, target item) of a batch and shared by that identifier's token positions; Eq. 10 is
-evaluated through the identifier trie (node masses), which equals
+evaluated through the identifier trie (per-node CF masses), which equals
 :func:`ilrec.rewards.prefix_rewards` at a fraction of its cost.
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from ilrec.identifiers.trie import PrefixTrie
 from ilrec.models.cf.base import SequentialRecommender
-from ilrec.rewards import item_paths, node_item_ranges, trie_prefix_rewards
+from ilrec.rewards import item_paths, trie_prefix_rewards
 from ilrec.training.cf import cf_item_probs, load_cf_model
 
 
@@ -43,7 +43,6 @@ class CFRewardProvider:
             )
         self.trie = PrefixTrie.from_item_tokens(item_tokens)
         self.paths = item_paths(self.trie, item_tokens)  # [I, D + 1] prefix nodes
-        self.ranges = node_item_ranges(self.paths, self.trie.n_nodes)
         # Causal models (SASRec, GRU4Rec) give the state after every prefix in one pass.
         self.per_position = (
             type(self.model).encode_all_positions is not SequentialRecommender.encode_all_positions
@@ -65,7 +64,7 @@ class CFRewardProvider:
         target_items = items[u_rows, u_slots][inverse]  # [N]
         prefix_nodes = self.paths[target_items, prefix_len.cpu()]  # [N]
         rewards = trie_prefix_rewards(
-            probs, self.trie, self.ranges, inverse, prefix_nodes, self.vocab_size
+            probs, self.trie, self.paths, inverse, prefix_nodes, self.vocab_size
         )
         return rewards.to(index.device)
 
