@@ -15,6 +15,9 @@ Settings: (1) the scratch ``small`` Llama (4 layers) in the sequence format at b
 ``../shared/data/Instruments``; (2) SmolLM2-135M (``model.kind=smollm2``, prompt format, a few
 steps at a small batch), skipped with a message when its weights are not installed.
 Run it with nothing else on the machine; ``--threads`` sets torch's threads (default: all).
+``--rounds R`` repeats every variant's process R times, alternating the variants, and reports
+the median of the per-round (paired) ratios with their range, so slow drifts of a shared VM
+hit both sides of a ratio alike.
 """
 
 from __future__ import annotations
@@ -179,6 +182,26 @@ def run_variant(spec: dict) -> dict:
     return json.loads(lines[-1])
 
 
+def combine_rounds(results: list[dict], ratios: list[float] | None = None) -> dict:
+    """One summary from several rounds: medians of the rounds' step times and peaks, and the
+    paired per-round time ratios against the baseline (``ratios``) when given."""
+    combined = dict(results[0])
+    for key in ("step_s_median", "step_s_min", "peak_delta_bytes"):
+        combined[key] = statistics.median(r[key] for r in results)
+    if ratios is not None:
+        combined["ratios"] = ratios
+    return combined
+
+
+def time_ratio(base: dict, variant: dict) -> str:
+    """Median of the paired per-round ratios, with their range over several rounds."""
+    ratios = variant.get("ratios") or [variant["step_s_median"] / base["step_s_median"]]
+    text = f"{statistics.median(ratios):.2f}×"
+    if len(ratios) > 1:
+        text += f" ({min(ratios):.2f}–{max(ratios):.2f}, {len(ratios)} rounds)"
+    return text
+
+
 def markdown_table(rows: list[tuple[str, dict, dict]]) -> str:
     lines = [
         "| setting: baseline → variant | layers | vocab | positions/batch | baseline step "
@@ -198,7 +221,7 @@ def markdown_table(rows: list[tuple[str, dict, dict]]) -> str:
         lines.append(
             f"| {setting} | {ce['layers']} | {ce['vocab']} | {ce['positions']:.0f} "
             f"| {ce['step_s_median'] * 1e3:.1f} ms | {il['step_s_median'] * 1e3:.1f} ms "
-            f"| {il['step_s_median'] / ce['step_s_median']:.2f}× "
+            f"| {time_ratio(ce, il)} "
             f"| {ce['peak_delta_bytes'] / 2**20:.1f} MiB | {il['peak_delta_bytes'] / 2**20:.1f} MiB "
             f"| {mem_ratio} | {ce['first_ce']:.4f} / {il['first_ce']:.4f} "
             f"| {'n/a' if neg is None else f'{neg:.1f}'} "
@@ -230,6 +253,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="alternate the variants' processes R times"
+    )
     parser.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2 setting")
     parser.add_argument("--smollm2-batch-size", type=int, default=8)
     parser.add_argument("--smollm2-steps", type=int, default=5)
@@ -299,37 +325,53 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {data}", flush=True)
     rows = []
     for name, overrides, batch_size, steps, warmup in settings:
-        results = {}
-        for variant in variants if name.startswith(("small", "tiny")) else ("ce", "ilrec"):
-            spec = {
-                **common,
-                "setting": name,
-                "variant": variant,
-                "data": str(data),
-                "overrides": overrides,
-                "batch_size": batch_size,
-                "steps": steps,
-                "warmup": warmup,
-            }
-            started = time.perf_counter()
-            results[variant] = run_variant(spec)
-            if "skipped" in results[variant]:
-                print(f"{name}: skipped ({results[variant]['skipped']})", flush=True)
+        names = variants if name.startswith(("small", "tiny")) else ("ce", "ilrec")
+        rounds: dict[str, list[dict]] = {variant: [] for variant in names}
+        skipped = False
+        for round_index in range(args.rounds):
+            for variant in names:
+                spec = {
+                    **common,
+                    "setting": name,
+                    "variant": variant,
+                    "data": str(data),
+                    "overrides": overrides,
+                    "batch_size": batch_size,
+                    "steps": steps,
+                    "warmup": warmup,
+                }
+                started = time.perf_counter()
+                r = run_variant(spec)
+                if "skipped" in r:
+                    print(f"{name}: skipped ({r['skipped']})", flush=True)
+                    skipped = True
+                    break
+                rounds[variant].append(r)
+                print(
+                    f"{name} / {variant} (round {round_index + 1}/{args.rounds}): median step "
+                    f"{r['step_s_median'] * 1e3:.1f} ms over {steps} steps, peak Δ "
+                    f"{r['peak_delta_bytes'] / 2**20:.1f} MiB ({r['peak_method']}), "
+                    f"{r['device']}, {r['threads']} threads, "
+                    f"{time.perf_counter() - started:.0f} s",
+                    flush=True,
+                )
+            if skipped:
                 break
-            r = results[variant]
-            print(
-                f"{name} / {variant}: median step {r['step_s_median'] * 1e3:.1f} ms over {steps} "
-                f"steps, peak Δ {r['peak_delta_bytes'] / 2**20:.1f} MiB ({r['peak_method']}), "
-                f"{r['device']}, {r['threads']} threads, {time.perf_counter() - started:.0f} s",
-                flush=True,
-            )
-        else:
+        if skipped:
+            continue
+        pairs = [("ce", "ilrec")] + ([("ilrec", "ilrec+crr")] if "ilrec+crr" in rounds else [])
+        for base, variant in pairs:
+            ratios = [
+                v["step_s_median"] / b["step_s_median"]
+                for b, v in zip(rounds[base], rounds[variant], strict=True)
+            ]
             rows.append(
-                (f"{name}, batch {batch_size}: ce → ilrec", results["ce"], results["ilrec"])
+                (
+                    f"{name}, batch {batch_size}: {base} → {variant}",
+                    combine_rounds(rounds[base]),
+                    combine_rounds(rounds[variant], ratios),
+                )
             )
-            if "ilrec+crr" in results:
-                crr, base = results["ilrec+crr"], results["ilrec"]
-                rows.append((f"{name}, batch {batch_size}: ilrec → ilrec+crr", base, crr))
     ilrec_cfg = " ".join(args.overrides) or "configs/ilrec.yaml defaults"
     print(f"\nILRec variant: {ilrec_cfg}\n")
     print(markdown_table(rows))
