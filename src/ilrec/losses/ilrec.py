@@ -147,6 +147,8 @@ def ensemble_logits(layer_logits: Tensor, strategy: str = "mean") -> Tensor:
     if layer_logits.shape[0] == 0:
         raise ValueError("ensemble_logits needs at least one layer (k >= 1), got k = 0")
     logits = layer_logits.float()
+    if logits.shape[0] == 1:  # one layer: every strategy's weight is 1
+        return logits[0]
     if strategy == "mean":
         return logits.mean(0)
     with torch.no_grad():
@@ -217,10 +219,10 @@ def penalty_weights(ens_probs: Tensor, neg_mask: Tensor) -> Tensor:
     _check_same_shape(ens_probs, neg_mask, "ens_probs", "neg_mask")
     if ens_probs.dim() != 2:
         raise ValueError(f"ens_probs must be [N, V], got shape {tuple(ens_probs.shape)}")
-    mask = neg_mask.bool()
-    masked = ens_probs.detach().float().masked_fill(~mask, float("-inf"))
-    weights = masked.softmax(-1)  # empty rows are NaN here ...
-    return torch.where(mask, weights, torch.zeros_like(weights))  # ... and zeroed here
+    # probabilities lie in [0, 1], so exp needs no max-shift; each negative adds exp(p) >= 1,
+    # so the clamp only turns an empty row's 0 / 0 into 0
+    scores = ens_probs.detach().float().exp() * neg_mask
+    return scores / scores.sum(-1, keepdim=True).clamp_min(1.0)
 
 
 # --------------------------------------------------------------------------------------
