@@ -1,9 +1,12 @@
 """Cost of the ILRec objective against plain cross-entropy: step time and peak memory.
 
-Both objectives train the same model (same seed, same initial weights) on the same batches;
-each variant runs in a fresh subprocess so its peak memory is its own. Per variant: the median
-time of a full optimizer step (forward, loss, backward, AdamW) over ``--steps`` steps after
-``--warmup`` warm-up steps, and the peak memory of the training phase above the memory held
+Both objectives train the same model (same seed, same initial weights) on the same batches.
+Time: one process holds a copy of the model per variant and alternates the variants step by
+step on the same batch; the reported ratio is the median over steps of the paired per-step
+ratio (robust to the speed drifts of a shared VM). Memory: each variant also runs in a fresh
+subprocess so its peak memory is its own (its own step times are printed as well). Per
+variant: the median time of a full optimizer step (forward, loss, backward, AdamW) over
+``--steps`` steps after ``--warmup`` warm-up steps, and the peak memory of the training phase above the memory held
 before it (CPU: peak RSS, reset through ``/proc/self/clear_refs`` when the kernel allows it,
 else ``ru_maxrss``; CUDA: ``max_memory_allocated``). Prints a markdown table with the ratios.
 
@@ -67,34 +70,26 @@ def _peak_rss_bytes(reset_ok: bool) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # lifetime peak (Linux: KiB)
 
 
-def run_worker(spec: dict) -> dict:
+def variant_overrides(spec: dict, variant: str) -> list[str]:
+    """Config overrides of one variant: ``ce``, ``ilrec`` or ``ilrec+crr``."""
+    overrides = [f"data.path={spec['data']}", *spec["overrides"]]
+    if variant == "ce":
+        return [*overrides, "objective.name=ce"]
+    overrides += spec["ilrec_overrides"]
+    if variant == "ilrec+crr":
+        overrides += ["objective.mu_crr=0.01", f"objective.cf_run={spec['cf_run']}"]
+    return overrides
+
+
+def make_batches(spec: dict, setup, encoder, tokenizer, device) -> list[dict]:
+    """``warmup + steps`` fixed training batches, the same for every variant."""
     import torch
 
-    from ilrec.config import load_config
     from ilrec.data.encoding import PaddingCollator
-    from ilrec.training.objectives import build_objective
-    from ilrec.training.setup import build_model, load_setup, make_encoder, set_threads
 
-    threads = set_threads(spec["threads"])
-    overrides = [f"data.path={spec['data']}", *spec["overrides"]]
-    if spec["variant"] == "ce":
-        overrides.append("objective.name=ce")
-    else:
-        overrides += spec["ilrec_overrides"]
-    if spec["variant"] == "ilrec+crr":
-        overrides += ["objective.mu_crr=0.01", f"objective.cf_run={spec['cf_run']}"]
-    config = load_config(ILREC_CONFIG, overrides)
-    setup = load_setup(config)
-    torch.manual_seed(spec["seed"])
-    try:
-        model, tokenizer = build_model(setup)
-    except (ImportError, FileNotFoundError) as e:
-        return {"skipped": f"{type(e).__name__}: {e}"}
-    encoder = make_encoder(setup, tokenizer)
     features = encoder.encode_training(
         setup.splits.train_prefixes(), setup.splits.train_windows(), seed=spec["seed"]
     )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n_steps, batch_size = spec["warmup"] + spec["steps"], spec["batch_size"]
     order = torch.randperm(len(features), generator=torch.Generator().manual_seed(spec["seed"]))
     collate = PaddingCollator(tokenizer.pad_token_id)
@@ -104,6 +99,83 @@ def run_worker(spec: dict) -> dict:
         rows = order[start : start + batch_size].tolist()
         batch = collate([features[i] for i in rows])
         batches.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+    return batches
+
+
+def run_interleaved(spec: dict) -> dict:
+    """Step times of all variants in one process, alternating variants step by step on the same
+    batch (the starting variant rotates), so machine-speed drifts hit every variant alike.
+    Returns per-variant median step times and, per variant, the median of its per-step ratio
+    to the previous variant in ``spec["variants"]``."""
+    import torch
+
+    from ilrec.config import load_config
+    from ilrec.training.objectives import build_objective
+    from ilrec.training.setup import build_model, load_setup, make_encoder, set_threads
+
+    threads = set_threads(spec["threads"])
+    variants = spec["variants"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    setup = batches = None
+    runners = {}
+    for variant in variants:
+        config = load_config(ILREC_CONFIG, variant_overrides(spec, variant))
+        if setup is None:
+            setup = load_setup(config)
+        setup.config = config  # same data; only the objective section differs
+        torch.manual_seed(spec["seed"])
+        model, tokenizer = build_model(setup)
+        encoder = make_encoder(setup, tokenizer)
+        if batches is None:
+            batches = make_batches(spec, setup, encoder, tokenizer, device)
+        model.to(device).train()
+        objective = build_objective(config.objective, model, encoder, config.data.max_history)
+        model.to(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        runners[variant] = (model, objective, torch.optim.AdamW(params, lr=config.train.lr))
+    cuda = device.type == "cuda"
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for step, batch in enumerate(batches):
+        for j in range(len(variants)):
+            variant = variants[(step + j) % len(variants)]
+            model, objective, optimizer = runners[variant]
+            started = time.perf_counter()
+            out = objective(model, batch)
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
+            times[variant].append(time.perf_counter() - started)
+    measured = {v: t[spec["warmup"] :] for v, t in times.items()}
+    result = {"threads": threads, "step_s_median": {}, "paired_ratio_median": {}}
+    for i, variant in enumerate(variants):
+        result["step_s_median"][variant] = statistics.median(measured[variant])
+        if i:
+            base = measured[variants[i - 1]]
+            ratios = [a / b for a, b in zip(measured[variant], base, strict=True)]
+            result["paired_ratio_median"][variant] = statistics.median(ratios)
+    return result
+
+
+def run_worker(spec: dict) -> dict:
+    import torch
+
+    from ilrec.config import load_config
+    from ilrec.training.objectives import build_objective
+    from ilrec.training.setup import build_model, load_setup, make_encoder, set_threads
+
+    threads = set_threads(spec["threads"])
+    config = load_config(ILREC_CONFIG, variant_overrides(spec, spec["variant"]))
+    setup = load_setup(config)
+    torch.manual_seed(spec["seed"])
+    try:
+        model, tokenizer = build_model(setup)
+    except (ImportError, FileNotFoundError) as e:
+        return {"skipped": f"{type(e).__name__}: {e}"}
+    encoder = make_encoder(setup, tokenizer)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batches = make_batches(spec, setup, encoder, tokenizer, device)
 
     model.to(device).train()
     # may attach separate heads, and builds the CRR reward provider when mu_crr > 0
@@ -190,6 +262,9 @@ def combine_rounds(results: list[dict], ratios: list[float] | None = None) -> di
         combined[key] = statistics.median(r[key] for r in results)
     if ratios is not None:
         combined["ratios"] = ratios
+    for key in ("interleaved_ratio", "interleaved_s", "interleaved_base_s"):
+        if key in results[0]:
+            combined[key] = results[0][key]
     return combined
 
 
@@ -205,10 +280,11 @@ def time_ratio(base: dict, variant: dict) -> str:
 def markdown_table(rows: list[tuple[str, dict, dict]]) -> str:
     lines = [
         "| setting: baseline → variant | layers | vocab | positions/batch | baseline step "
-        "| variant step | time ratio | baseline peak Δ | variant peak Δ | memory ratio "
+        "| variant step | time ratio, interleaved | time ratio, separate processes "
+        "| baseline peak Δ | variant peak Δ | memory ratio "
         "| first-batch CE (baseline / variant) "
         "| negatives/pos | neg. with logit < 0 |",
-        "|" + "---|" * 13,
+        "|" + "---|" * 14,
     ]
     for setting, ce, il in rows:
         mem_ratio = (
@@ -220,8 +296,8 @@ def markdown_table(rows: list[tuple[str, dict, dict]]) -> str:
         frac = il.get("neg_logit_negative_frac")
         lines.append(
             f"| {setting} | {ce['layers']} | {ce['vocab']} | {ce['positions']:.0f} "
-            f"| {ce['step_s_median'] * 1e3:.1f} ms | {il['step_s_median'] * 1e3:.1f} ms "
-            f"| {time_ratio(ce, il)} "
+            f"| {il['interleaved_base_s'] * 1e3:.1f} ms | {il['interleaved_s'] * 1e3:.1f} ms "
+            f"| **{il['interleaved_ratio']:.2f}×** | {time_ratio(ce, il)} "
             f"| {ce['peak_delta_bytes'] / 2**20:.1f} MiB | {il['peak_delta_bytes'] / 2**20:.1f} MiB "
             f"| {mem_ratio} | {ce['first_ce']:.4f} / {il['first_ce']:.4f} "
             f"| {'n/a' if neg is None else f'{neg:.1f}'} "
@@ -274,7 +350,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        print(json.dumps(run_worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        worker = run_interleaved if spec["variant"] == "interleaved" else run_worker
+        print(json.dumps(worker(spec)))
         return 0
 
     tmp = None
@@ -359,8 +437,33 @@ def main(argv: list[str] | None = None) -> int:
                 break
         if skipped:
             continue
+        started = time.perf_counter()
+        interleaved = run_variant(
+            {
+                **common,
+                "setting": name,
+                "variant": "interleaved",
+                "variants": list(names),
+                "data": str(data),
+                "overrides": overrides,
+                "batch_size": batch_size,
+                "steps": steps,
+                "warmup": warmup,
+            }
+        )
+        print(
+            f"{name} / interleaved: median steps "
+            + ", ".join(f"{v} {t * 1e3:.1f} ms" for v, t in interleaved["step_s_median"].items())
+            + f" ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
         pairs = [("ce", "ilrec")] + ([("ilrec", "ilrec+crr")] if "ilrec+crr" in rounds else [])
         for base, variant in pairs:
+            rounds[variant][0] |= {
+                "interleaved_ratio": interleaved["paired_ratio_median"][variant],
+                "interleaved_s": interleaved["step_s_median"][variant],
+                "interleaved_base_s": interleaved["step_s_median"][base],
+            }
             ratios = [
                 v["step_s_median"] / b["step_s_median"]
                 for b, v in zip(rounds[base], rounds[variant], strict=True)
