@@ -184,8 +184,7 @@ def test_validation():
 @given(st.integers(0, 10_000))
 def test_trie_prefix_rewards_equal_the_reference(seed):
     """The trie path gives exactly Eq. 10 as computed by prefix_rewards."""
-    from ilrec.identifiers.trie import PrefixTrie
-    from ilrec.rewards import item_paths, trie_prefix_rewards
+    from ilrec.rewards import TrieRewardIndex, trie_prefix_rewards
 
     gen = torch.Generator().manual_seed(seed)
     n_items, depth, vocab = 25, 4, 12
@@ -196,15 +195,14 @@ def test_trie_prefix_rewards_equal_the_reference(seed):
     table[short, 2:] = -1
     table = torch.unique(table, dim=0)  # distinct, prefix-free identifiers
     n_items = table.shape[0]
-    trie = PrefixTrie.from_item_tokens(table)
-    paths = item_paths(trie, table)
+    index = TrieRewardIndex(table)
     m = 3
     probs = torch.softmax(torch.randn(m, n_items, generator=gen), dim=-1)
     n = 10
     groups = torch.randint(0, m, (n,), generator=gen)
     targets = torch.randint(0, n_items, (n,), generator=gen)
     prefix_len = torch.randint(0, depth, (n,), generator=gen)
-    nodes = paths[targets, prefix_len]
-    fast = trie_prefix_rewards(probs, trie, paths, groups, nodes, vocab)
+    nodes = index.paths[targets, prefix_len]
+    fast = trie_prefix_rewards(probs, index, groups, nodes, vocab)
     slow = prefix_rewards(probs[groups], table, prefix_len, table[targets], vocab)
     torch.testing.assert_close(fast, slow)

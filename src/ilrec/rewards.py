@@ -15,11 +15,18 @@ The rewards become the soft labels of the CRR loss (:func:`ilrec.losses.crr_loss
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ilrec.identifiers.trie import PrefixTrie
 
-__all__ = ["item_paths", "prefix_rewards", "trie_prefix_rewards"]
+__all__ = [
+    "TrieRewardIndex",
+    "item_paths",
+    "node_item_ranges",
+    "prefix_rewards",
+    "trie_prefix_rewards",
+]
 
 # Upper bound on the temporary memory of one chunk of positions (match matrix and friends).
 _CHUNK_BYTES = 256 * 1024 * 1024
@@ -151,10 +158,54 @@ def item_paths(trie: PrefixTrie, item_tokens: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def node_item_ranges(paths: Tensor, n_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Items sorted by identifier, so that every trie node covers a contiguous range of them.
+
+    Args:
+        paths: :func:`item_paths` ``[I, D + 1]``.
+        n_nodes: the trie's node count.
+
+    Returns:
+        ``order[I]`` (item ids in identifier order), and ``start[n_nodes]``, ``end[n_nodes]``:
+        node ``u`` covers ``order[start[u]:end[u]]``.
+    """
+    order = torch.arange(paths.shape[0])
+    for d in range(paths.shape[1] - 1, 0, -1):  # lexicographic order of the node paths
+        order = order[torch.argsort(paths[order, d], stable=True)]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    start = torch.full((n_nodes,), order.numel(), dtype=torch.long)
+    end = torch.zeros(n_nodes, dtype=torch.long)
+    for d in range(paths.shape[1]):
+        live = paths[:, d] >= 0
+        start.scatter_reduce_(0, paths[live, d], rank[live], reduce="amin")
+        end.scatter_reduce_(0, paths[live, d], rank[live] + 1, reduce="amax")
+    return order, start, end
+
+
+class TrieRewardIndex:
+    """What :func:`trie_prefix_rewards` needs about an identifier table, built once.
+
+    Args:
+        item_tokens: ``[I, D]`` token ids of every item's identifier (-1 padded), distinct
+            and prefix-free.
+    """
+
+    def __init__(self, item_tokens: Tensor) -> None:
+        self.item_tokens = item_tokens.long()
+        # one -1 column more, so that "the token after a complete identifier" is -1
+        self.next_tokens = F.pad(self.item_tokens, (0, 1), value=-1)
+        if bool((self.item_tokens[:, 0] < 0).any()):
+            raise ValueError("every identifier needs at least one token (item_tokens[:, 0] < 0)")
+        self.first_tokens = self.item_tokens[:, 0].contiguous()
+        self.trie = PrefixTrie.from_item_tokens(self.item_tokens)
+        self.paths = item_paths(self.trie, self.item_tokens)  # [I, D + 1]
+        self.order, self.start, self.end = node_item_ranges(self.paths, self.trie.n_nodes)
+
+
 def trie_prefix_rewards(
     item_probs: Tensor,
-    trie: PrefixTrie,
-    paths: Tensor,
+    index: TrieRewardIndex,
     groups: Tensor,
     prefix_nodes: Tensor,
     vocab_size: int,
@@ -162,14 +213,15 @@ def trie_prefix_rewards(
     r"""Eq. 10 through the identifier trie: the same values as :func:`prefix_rewards` for
     positions whose prefixes are trie nodes, at a fraction of the cost.
 
-    The CF mass below every trie node is accumulated depth by depth (one ``index_add`` over
-    the items per identifier depth, all in float32 sums of non-negative terms, so no
-    cancellation); a position's rewards are its prefix node's children's masses divided by the
-    node's own mass.
+    With items sorted by identifier, the items below a prefix node are a contiguous range of
+    that order. A position at the root (first identifier token) sums the CF mass of all items
+    by their first token (one ``index_add`` over the distinct distributions); a deeper position
+    visits only the items below its prefix node (a few dozen for semantic IDs) and sums their
+    mass by their next token. Rewards are those sums over the prefix node's mass.
 
     Args:
         item_probs: ``[M, I]`` distinct CF distributions ``R``.
-        trie: the identifier trie; ``paths`` = :func:`item_paths` of its items ``[I, D + 1]``.
+        index: the :class:`TrieRewardIndex` of the identifier table.
         groups: ``LongTensor[N]``, the row of ``item_probs`` of each position.
         prefix_nodes: ``LongTensor[N]``, the trie node of each position's prefix ``c_{<t}``.
         vocab_size: ``V``.
@@ -178,19 +230,26 @@ def trie_prefix_rewards(
         ``[N, V]`` float32 rewards; 0 for tokens continuing no item and rows of zero mass.
     """
     item_probs = item_probs.float()
-    node_mass = item_probs.new_zeros(item_probs.shape[0], trie.n_nodes)
-    for d in range(paths.shape[1]):  # a loop over identifier depth, vectorized over items
-        nodes = paths[:, d]
-        live = nodes >= 0
-        if bool(live.all()):
-            node_mass.index_add_(1, nodes, item_probs)
-        else:
-            node_mass.index_add_(1, nodes[live], item_probs[:, live])
-    rows, edges = trie.edge_slices(prefix_nodes)  # all children of every prefix node
-    g = groups[rows]
-    child_mass = node_mass[g, trie.child_node[edges]]
-    parent_mass = node_mass[g, prefix_nodes[rows]]
-    values = torch.where(parent_mass > 0, child_mass / parent_mass.clamp(min=1e-38), 0.0)
-    rewards = torch.zeros(prefix_nodes.numel(), vocab_size)
-    rewards[rows, trie.child_token[edges]] = values
-    return rewards
+    sums = torch.zeros(prefix_nodes.numel(), vocab_size)
+    at_root = prefix_nodes == 0
+    if bool(at_root.any()):
+        by_first = item_probs.new_zeros(item_probs.shape[0], vocab_size)
+        by_first.index_add_(1, index.first_tokens, item_probs)
+        sums[at_root] = by_first[groups[at_root]]
+    deep = (prefix_nodes > 0) & (index.trie.node_item[prefix_nodes.clamp(min=0)] < 0)
+    deep = deep.nonzero().squeeze(1)  # inner nodes below the root (a leaf continues nothing)
+    if deep.numel():
+        nodes = prefix_nodes[deep]
+        lengths = index.end[nodes] - index.start[nodes]
+        position = torch.repeat_interleave(deep, lengths)
+        offsets = torch.arange(int(lengths.sum())) - torch.repeat_interleave(
+            torch.cumsum(lengths, 0) - lengths, lengths
+        )
+        items = index.order[torch.repeat_interleave(index.start[nodes], lengths) + offsets]
+        depth = index.trie.node_depth[prefix_nodes[position]]
+        tokens = index.next_tokens[items, depth]
+        keep = tokens >= 0  # prefix-free identifiers: only a leaf's own item stops here
+        mass = item_probs[groups[position[keep]], items[keep]]
+        sums.index_put_((position[keep], tokens[keep]), mass, accumulate=True)
+    total = sums.sum(1, keepdim=True)
+    return torch.where(total > 0, sums / total.clamp_min(1e-38), 0.0)

@@ -4,7 +4,7 @@ A trained, frozen CF model (``ilrec train-cf``) gives ``R(i)``, the probability 
 after the *same history the LM sees* for each supervised identifier; Eq. 10 turns it into
 token rewards at every supervised position. CF scores are computed once per distinct
 (example, target item) of a batch and shared by that identifier's token positions; Eq. 10 is
-evaluated through the identifier trie (per-node CF masses), which equals
+evaluated through the identifier trie (only the items below each prefix), which equals
 :func:`ilrec.rewards.prefix_rewards` at a fraction of its cost.
 """
 
@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ilrec.identifiers.trie import PrefixTrie
 from ilrec.models.cf.base import SequentialRecommender
-from ilrec.rewards import item_paths, trie_prefix_rewards
+from ilrec.rewards import TrieRewardIndex, trie_prefix_rewards
 from ilrec.training.cf import cf_item_probs, load_cf_model
 
 
@@ -41,8 +40,7 @@ class CFRewardProvider:
                 f"objective.cf_run={cf_run}: the CF model has {self.model.n_items} items, "
                 f"the dataset {item_tokens.shape[0]} (trained on another dataset?)"
             )
-        self.trie = PrefixTrie.from_item_tokens(item_tokens)
-        self.paths = item_paths(self.trie, item_tokens)  # [I, D + 1] prefix nodes
+        self.index = TrieRewardIndex(item_tokens)
         # Causal models (SASRec, GRU4Rec) give the state after every prefix in one pass.
         self.per_position = (
             type(self.model).encode_all_positions is not SequentialRecommender.encode_all_positions
@@ -62,10 +60,8 @@ class CFRewardProvider:
         users = [batch["user"][r] for r in u_rows.tolist()] if "user" in batch else None
         probs = self.item_probs(items, u_rows, u_slots, users)  # [M, I]
         target_items = items[u_rows, u_slots][inverse]  # [N]
-        prefix_nodes = self.paths[target_items, prefix_len.cpu()]  # [N]
-        rewards = trie_prefix_rewards(
-            probs, self.trie, self.paths, inverse, prefix_nodes, self.vocab_size
-        )
+        prefix_nodes = self.index.paths[target_items, prefix_len.cpu()]  # [N]
+        rewards = trie_prefix_rewards(probs, self.index, inverse, prefix_nodes, self.vocab_size)
         return rewards.to(index.device)
 
     def item_probs(
