@@ -201,8 +201,15 @@ def test_trie_prefix_rewards_equal_the_reference(seed):
     n = 10
     groups = torch.randint(0, m, (n,), generator=gen)
     targets = torch.randint(0, n_items, (n,), generator=gen)
-    prefix_len = torch.randint(0, depth, (n,), generator=gen)
+    prefix_len = torch.randint(0, depth + 1, (n,), generator=gen)  # D: a complete identifier
     nodes = index.paths[targets, prefix_len]
     fast = trie_prefix_rewards(probs, index, groups, nodes, vocab)
     slow = prefix_rewards(probs[groups], table, prefix_len, table[targets], vocab)
     torch.testing.assert_close(fast, slow)
+
+
+def test_trie_reward_index_rejects_empty_identifiers():
+    from ilrec.rewards import TrieRewardIndex
+
+    with pytest.raises(ValueError, match="at least one token"):
+        TrieRewardIndex(torch.tensor([[0, 1], [-1, -1]]))
