@@ -331,7 +331,7 @@ def crr_loss(final_logits: Tensor, targets: Tensor, neg_mask: Tensor, rewards: T
         final_logits: ``[N, V]`` final-layer logits :math:`z`.
         targets: ``[N]`` target token ids.
         neg_mask: ``[N, V]`` boolean mask of :math:`V_N`.
-        rewards: ``[N, V]`` token rewards :math:`r` (Eq. 10, see
+        rewards: ``[N, V]`` token rewards :math:`r \in [0, 1]` (Eq. 10, see
             :func:`ilrec.rewards.prefix_rewards`); only entries in ``H`` are used.
 
     Returns:
@@ -344,7 +344,9 @@ def crr_loss(final_logits: Tensor, targets: Tensor, neg_mask: Tensor, rewards: T
     with torch.no_grad():
         in_h = neg_mask.bool().clone()
         in_h.scatter_(1, targets.long().unsqueeze(1), True)
-        labels = rewards.detach().float().masked_fill(~in_h, float("-inf")).softmax(-1)
-    logp = z.log_softmax(-1)
-    terms = torch.where(in_h, labels * logp, torch.zeros_like(logp))
-    return _mean_over_positions(-terms.sum(-1), z)
+        # softmax over H without a max-shift: rewards lie in [0, 1]
+        labels = rewards.detach().float().exp() * in_h
+        labels /= labels.sum(-1, keepdim=True)  # >= 1: the target is always in H
+    # -sum_v q_v log softmax(z)_v = logsumexp(z) - sum_v q_v z_v, since sum_v q_v = 1
+    per_position = torch.logsumexp(z, dim=-1) - (labels * z).sum(-1)
+    return _mean_over_positions(per_position, z)
