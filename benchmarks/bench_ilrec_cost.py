@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {data}", flush=True)
     rows = []
     for name, overrides, batch_size, steps, warmup in settings:
-        names = variants if name.startswith(("small", "tiny")) else ("ce", "ilrec")
+        names = variants
         rounds: dict[str, list[dict]] = {variant: [] for variant in names}
         skipped = False
         for round_index in range(args.rounds):
