@@ -65,11 +65,13 @@ def test_rewards_follow_the_lm_history(synthetic_dir, cf_run, tiny_overrides, tm
         assert rewards[n].sum() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_crr_trains_inside_ilrec(synthetic_dir, cf_run, tiny_overrides, tmp_path):
+@pytest.mark.parametrize("fmt", ["sequence", "prompt"])
+def test_crr_trains_inside_ilrec(synthetic_dir, cf_run, tiny_overrides, tmp_path, fmt):
     run = tmp_path / "run"
     overrides = tiny_overrides(
         synthetic_dir,
         run,
+        f"data.format={fmt}",
         "objective.name=ilrec",
         "objective.mu_crr=0.1",
         f"objective.cf_run={cf_run}",
