@@ -67,7 +67,8 @@ class CFRewardProvider:
     def item_probs(
         self, items: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, users: list | None
     ) -> torch.Tensor:
-        """``R(i)`` after ``items[rows[m], :slots[m]]`` (cut to ``max_history``): ``[M, I]``."""
+        """``R(i)`` after ``items[rows[m], :slots[m]]`` (cut to ``max_history``): ``[M, I]``,
+        each row up to a positive factor (Eq. 10 is a ratio of masses)."""
         if self.per_position and int(slots.max()) <= self.max_history:
             # every history starts at its example's first item: one causal pass per example
             examples, which = torch.unique(rows, return_inverse=True)
@@ -75,8 +76,9 @@ class CFRewardProvider:
             item_seq, seq_len = (seqs + 1).clamp(min=0), (seqs >= 0).sum(1)
             device = next(self.model.parameters()).device
             states = self.model.encode_all_positions(item_seq.to(device), seq_len.to(device))
-            logits = self.model.score_all(states[which, slots - 1])  # state after slot items
-            return torch.softmax(logits.float(), dim=-1).cpu()
+            logits = self.model.score_all(states[which, slots - 1]).float()  # after slot items
+            # R up to a factor per row, which Eq. 10's ratios cancel: exp(s - max), in place
+            return logits.sub_(logits.amax(-1, keepdim=True)).exp_().cpu()
         histories = [
             items[r, max(0, s - self.max_history) : s].tolist()
             for r, s in zip(rows.tolist(), slots.tolist(), strict=True)
