@@ -251,5 +251,5 @@ def trie_prefix_rewards(
         keep = tokens >= 0  # prefix-free identifiers: only a leaf's own item stops here
         mass = item_probs[groups[position[keep]], items[keep]]
         sums.index_put_((position[keep], tokens[keep]), mass, accumulate=True)
-    total = sums.sum(1, keepdim=True)
-    return torch.where(total > 0, sums / total.clamp_min(1e-38), 0.0)
+    # a row of zero mass is all zeros, and stays so
+    return sums.div_(sums.sum(1, keepdim=True).clamp_min(1e-38))
