@@ -157,7 +157,6 @@ def item_paths(trie: PrefixTrie, item_tokens: Tensor) -> Tensor:
     return paths
 
 
-@torch.no_grad()
 def node_item_ranges(paths: Tensor, n_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
     """Items sorted by identifier, so that every trie node covers a contiguous range of them.
 
@@ -203,6 +202,7 @@ class TrieRewardIndex:
         self.order, self.start, self.end = node_item_ranges(self.paths, self.trie.n_nodes)
 
 
+@torch.no_grad()
 def trie_prefix_rewards(
     item_probs: Tensor,
     index: TrieRewardIndex,
@@ -241,11 +241,11 @@ def trie_prefix_rewards(
     if deep.numel():
         nodes = prefix_nodes[deep]
         lengths = index.end[nodes] - index.start[nodes]
+        # the flat list of (position, item below its prefix node) pairs
         position = torch.repeat_interleave(deep, lengths)
-        offsets = torch.arange(int(lengths.sum())) - torch.repeat_interleave(
-            torch.cumsum(lengths, 0) - lengths, lengths
-        )
-        items = index.order[torch.repeat_interleave(index.start[nodes], lengths) + offsets]
+        first_flat = torch.cumsum(lengths, 0) - lengths  # where each position's run starts
+        shift = torch.repeat_interleave(index.start[nodes] - first_flat, lengths)
+        items = index.order[torch.arange(int(lengths.sum())) + shift]
         depth = index.trie.node_depth[prefix_nodes[position]]
         tokens = index.next_tokens[items, depth]
         keep = tokens >= 0  # prefix-free identifiers: only a leaf's own item stops here
