@@ -9,7 +9,7 @@ trainer's validation NDCG@10 at the end of training, ``data.valid_users`` users)
 the other CF models with the best mu.
 
     python benchmarks/bench_crr_models.py --data ../shared/data/Instruments \
-        --cf-runs /work/runs/cf_inst --out /work/runs/t4 --base configs/instruments_sft.yaml \
+        --cf-runs runs/cf_inst --out runs/t4 --base configs/instruments_sft.yaml \
         --mu 0.1 0.01 --mode beam --users 5000 --eval-batch 32 \
         --set train.epochs=2 data.valid_users=500 objective.alpha=0.8 objective.beta=0.2 \
               objective.lambda_cpd=0.1

@@ -6,8 +6,8 @@ step on the same batch; the reported ratio is the median over steps of the paire
 ratio (robust to the speed drifts of a shared VM). Memory: each variant also runs in a fresh
 subprocess so its peak memory is its own (its own step times are printed as well). Per
 variant: the median time of a full optimizer step (forward, loss, backward, AdamW) over
-``--steps`` steps after ``--warmup`` warm-up steps, and the peak memory of the training phase above the memory held
-before it (CPU: peak RSS, reset through ``/proc/self/clear_refs`` when the kernel allows it,
+``--steps`` steps after ``--warmup`` warm-up steps, and the peak memory of the training
+phase above the memory held before it (CPU: peak RSS, reset through ``/proc/self/clear_refs`` when the kernel allows it,
 else ``ru_maxrss``; CUDA: ``max_memory_allocated``). Prints a markdown table with the ratios.
 
     python benchmarks/bench_ilrec_cost.py                 # small preset on Instruments (+ SmolLM2)
@@ -102,6 +102,34 @@ def make_batches(spec: dict, setup, encoder, tokenizer, device) -> list[dict]:
     return batches
 
 
+def make_runner(config, model, encoder, device) -> tuple:
+    """``(objective, optimizer)`` of one variant's model, moved to ``device`` in train mode."""
+    import torch
+
+    from ilrec.training.objectives import build_objective
+
+    model.to(device).train()
+    # may attach separate heads, and builds the CRR reward provider when mu_crr > 0
+    objective = build_objective(config.objective, model, encoder, config.data.max_history)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return objective, torch.optim.AdamW(params, lr=config.train.lr)
+
+
+def timed_step(model, objective, optimizer, batch: dict, cuda: bool) -> tuple[float, dict]:
+    """One full optimizer step (forward, loss, backward, AdamW): seconds and the step's logs."""
+    import torch
+
+    started = time.perf_counter()
+    out = objective(model, batch)
+    out.loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - started, out.logs
+
+
 def run_interleaved(spec: dict) -> dict:
     """Step times of all variants in one process, alternating variants step by step on the same
     batch (the starting variant rotates), so machine-speed drifts hit every variant alike.
@@ -110,7 +138,6 @@ def run_interleaved(spec: dict) -> dict:
     import torch
 
     from ilrec.config import load_config
-    from ilrec.training.objectives import build_objective
     from ilrec.training.setup import build_model, load_setup, make_encoder, set_threads
 
     threads = set_threads(spec["threads"])
@@ -128,25 +155,14 @@ def run_interleaved(spec: dict) -> dict:
         encoder = make_encoder(setup, tokenizer)
         if batches is None:
             batches = make_batches(spec, setup, encoder, tokenizer, device)
-        model.to(device).train()
-        objective = build_objective(config.objective, model, encoder, config.data.max_history)
-        model.to(device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        runners[variant] = (model, objective, torch.optim.AdamW(params, lr=config.train.lr))
+        runners[variant] = (model, *make_runner(config, model, encoder, device))
     cuda = device.type == "cuda"
     times: dict[str, list[float]] = {v: [] for v in variants}
     for step, batch in enumerate(batches):
         for j in range(len(variants)):
             variant = variants[(step + j) % len(variants)]
-            model, objective, optimizer = runners[variant]
-            started = time.perf_counter()
-            out = objective(model, batch)
-            out.loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if cuda:
-                torch.cuda.synchronize()
-            times[variant].append(time.perf_counter() - started)
+            seconds, _ = timed_step(*runners[variant], batch, cuda)
+            times[variant].append(seconds)
     measured = {v: t[spec["warmup"] :] for v, t in times.items()}
     result = {"threads": threads, "step_s_median": {}, "paired_ratio_median": {}}
     for i, variant in enumerate(variants):
@@ -162,7 +178,6 @@ def run_worker(spec: dict) -> dict:
     import torch
 
     from ilrec.config import load_config
-    from ilrec.training.objectives import build_objective
     from ilrec.training.setup import build_model, load_setup, make_encoder, set_threads
 
     threads = set_threads(spec["threads"])
@@ -176,14 +191,7 @@ def run_worker(spec: dict) -> dict:
     encoder = make_encoder(setup, tokenizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batches = make_batches(spec, setup, encoder, tokenizer, device)
-
-    model.to(device).train()
-    # may attach separate heads, and builds the CRR reward provider when mu_crr > 0
-    objective = build_objective(config.objective, model, encoder, config.data.max_history)
-    model.to(device)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.train.lr
-    )
+    objective, optimizer = make_runner(config, model, encoder, device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -194,15 +202,9 @@ def run_worker(spec: dict) -> dict:
         before = _rss_bytes()
     times, logs = [], []
     for batch in batches:
-        started = time.perf_counter()
-        out = objective(model, batch)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-        logs.append(out.logs)
+        seconds, step_logs = timed_step(model, objective, optimizer, batch, cuda)
+        times.append(seconds)
+        logs.append(step_logs)
     peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes(reset_ok)
     measured = times[spec["warmup"] :]
     n_layers = model.config.num_hidden_layers
@@ -256,15 +258,13 @@ def run_variant(spec: dict) -> dict:
 
 def combine_rounds(results: list[dict], ratios: list[float] | None = None) -> dict:
     """One summary from several rounds: medians of the rounds' step times and peaks, and the
-    paired per-round time ratios against the baseline (``ratios``) when given."""
+    paired per-round time ratios against the baseline (``ratios``) when given; other keys
+    (e.g. the interleaved timing) come from the first round."""
     combined = dict(results[0])
     for key in ("step_s_median", "step_s_min", "peak_delta_bytes"):
         combined[key] = statistics.median(r[key] for r in results)
     if ratios is not None:
         combined["ratios"] = ratios
-    for key in ("interleaved_ratio", "interleaved_s", "interleaved_base_s"):
-        if key in results[0]:
-            combined[key] = results[0][key]
     return combined
 
 
@@ -403,11 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {data}", flush=True)
     rows = []
     for name, overrides, batch_size, steps, warmup in settings:
-        names = variants
-        rounds: dict[str, list[dict]] = {variant: [] for variant in names}
+        rounds: dict[str, list[dict]] = {variant: [] for variant in variants}
         skipped = False
         for round_index in range(args.rounds):
-            for variant in names:
+            for variant in variants:
                 spec = {
                     **common,
                     "setting": name,
@@ -443,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
                 **common,
                 "setting": name,
                 "variant": "interleaved",
-                "variants": list(names),
+                "variants": list(variants),
                 "data": str(data),
                 "overrides": overrides,
                 "batch_size": batch_size,
