@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 from ilrec.config import load_config
 from ilrec.evaluation.report import evaluate_run
 from ilrec.identifiers.vocab import build_text_tokenizer
+from ilrec.metrics import rank_metrics
 from ilrec.training.run import RunExistsError, train
 
 
@@ -50,6 +51,12 @@ def test_smoke_scratch_formats(synthetic_dir, tmp_path, tiny_overrides, extra):
         assert set(rows) == {"popularity", f"model ({mode})"}
         assert all(0.0 <= v <= 1.0 for v in rows[f"model ({mode})"].values())
         assert (run / f"eval_test_{mode}.json").exists() and (run / f"eval_test_{mode}.md").exists()
+        lines = (run / f"eval_test_{mode}.rankings.tsv").read_text().splitlines()[1:]
+        rows_tsv = [line.split("\t") for line in lines]
+        ranked = torch.tensor([[int(i) for i in r[2].split()] for r in rows_tsv])
+        targets = torch.tensor([int(r[1]) for r in rows_tsv])
+        assert ranked.shape == (6, 10)
+        assert rank_metrics(ranked, targets) == pytest.approx(rows[f"model ({mode})"])
 
 
 def _save_local_hf_model(folder, synthetic_dir):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from ilrec.config import load_config
 from ilrec.data.io import atomic_write_json, atomic_write_text
-from ilrec.data.split import popularity_counts
+from ilrec.data.split import Example, popularity_counts
 from ilrec.evaluation.ranking import evaluate_examples, popularity_metrics
 from ilrec.training.setup import load_setup, load_trained, make_encoder, set_threads
 
@@ -24,6 +25,14 @@ def markdown_table(rows: dict[str, dict[str, float]], keys=METRIC_KEYS) -> str:
     return "\n".join(lines)
 
 
+def rankings_tsv(examples: list[Example], ranked: torch.Tensor) -> str:
+    """One line per user: ``user  target  top-k item ids`` (for paired comparisons of runs)."""
+    lines = ["user\ttarget\tranked"]
+    for example, items in zip(examples, ranked.tolist(), strict=True):
+        lines.append(f"{example.user}\t{example.target}\t{' '.join(map(str, items))}")
+    return "\n".join(lines) + "\n"
+
+
 def evaluate_run(
     run_dir: Path,
     split: str = "test",
@@ -33,7 +42,11 @@ def evaluate_run(
     users: int = 0,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Evaluate the selected model of ``run_dir`` on ``split``; writes ``eval_<split>_<mode>``."""
+    """Evaluate the selected model of ``run_dir`` on ``split``.
+
+    Writes ``eval_<split>_<mode>.json`` / ``.md`` (metrics next to popularity) and
+    ``.rankings.tsv`` (every user's target and top-``beams`` items).
+    """
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
     set_threads(config.train.threads)
@@ -46,7 +59,7 @@ def evaluate_run(
     ks = tuple(config.eval.ks)
     main = not dist.is_initialized() or dist.get_rank() == 0
     start = time.perf_counter()
-    metrics, _ = evaluate_examples(
+    metrics, ranked = evaluate_examples(
         model,
         encoder,
         examples,
@@ -78,5 +91,6 @@ def evaluate_run(
         )
         table = markdown_table(rows)
         atomic_write_text(stem.with_suffix(".md"), table + "\n")
+        atomic_write_text(stem.with_suffix(".rankings.tsv"), rankings_tsv(examples, ranked))
         print(f"{split} split, {len(examples)} users, {mode} mode, {seconds:.1f} s\n{table}")
     return rows
