@@ -95,6 +95,27 @@ def _add_train_cf(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train_cf)
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="evaluated runs side by side: mean ± std over seeds, paired Δ vs baseline"
+    )
+    p.add_argument(
+        "--group",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar=("NAME", "RUN"),
+        help="a method and its run folders (seeds); repeat per method, the first is the baseline",
+    )
+    p.add_argument("--split", choices=["test", "valid"], default="test")
+    p.add_argument("--mode", choices=["beam", "exact", "ground"], default="exact")
+    p.add_argument("--metric", default="ndcg@10", help="metric of the paired difference")
+    p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples")
+    p.add_argument("--out", type=Path, default=None, help="also write the table to this file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    p.set_defaults(func=cmd_compare)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from ilrec.data.dataset import dataset_statistics, load_dataset
 
@@ -162,6 +183,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ilrec.data.io import atomic_write_text
+    from ilrec.evaluation.compare import compare_groups
+
+    if args.out is not None and args.out.exists() and not args.force:
+        raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
+    groups: dict[str, list[Path]] = {}
+    for name, *runs in args.group:
+        if not runs or name in groups:
+            raise ValueError(f"--group {name}: give a new method name, then its run folders")
+        groups[name] = [Path(r) for r in runs]
+    table = compare_groups(
+        groups, args.split, args.mode, delta_metric=args.metric, n_boot=args.bootstrap
+    )
+    print(table, end="")
+    if args.out is not None:
+        atomic_write_text(args.out, table)
+    return 0
+
+
 def cmd_train_cf(args: argparse.Namespace) -> int:
     from ilrec.training.cf import load_cf_config, train_cf
 
@@ -178,7 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_check, _add_prepare, _add_index, _add_train, _add_evaluate, _add_train_cf):
+    for add in (
+        _add_check,
+        _add_prepare,
+        _add_index,
+        _add_train,
+        _add_evaluate,
+        _add_compare,
+        _add_train_cf,
+    ):
         add(sub)
     return parser
 

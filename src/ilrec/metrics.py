@@ -16,7 +16,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["metrics_from_ranks", "rank_metrics", "ranks_from_scores", "target_ranks"]
+__all__ = [
+    "metrics_from_ranks",
+    "rank_metrics",
+    "ranks_from_scores",
+    "target_ranks",
+    "user_metrics",
+]
 
 TIE_RULES = ("id", "pessimistic")
 
@@ -92,6 +98,28 @@ def ranks_from_scores(scores: Tensor, targets: Tensor, ties: str = "id") -> Tens
     return torch.where(torch.isnan(s_t.squeeze(1)), worst, rank).long()
 
 
+def user_metrics(ranks: Tensor, ks: Sequence[int] = (5, 10)) -> dict[str, Tensor]:
+    """Per-user HR@k and NDCG@k from 0-based target ranks (``-1`` = absent, a miss).
+
+    Returns:
+        ``{"hit@k": [U], "ndcg@k": [U]}`` (float64, CPU) for each ``k`` in ``ks``, in order.
+    """
+    if ranks.dim() != 1:
+        raise ValueError(f"ranks must be [U], got shape {tuple(ranks.shape)}")
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive cutoffs, got {ks}")
+    r = ranks.long().cpu()
+    found = r >= 0
+    gain = torch.where(found, 1.0 / torch.log2(r.clamp_min(0).double() + 2.0), 0.0)
+    out: dict[str, Tensor] = {}
+    for k in ks:
+        hit = found & (r < k)
+        out[f"hit@{k}"] = hit.double()
+        out[f"ndcg@{k}"] = torch.where(hit, gain, 0.0)
+    return out
+
+
 def metrics_from_ranks(ranks: Tensor, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
     """HR@k and NDCG@k from 0-based target ranks (``-1`` = absent, a miss).
 
@@ -99,22 +127,9 @@ def metrics_from_ranks(ranks: Tensor, ks: Sequence[int] = (5, 10)) -> dict[str, 
         ``{"hit@k": ..., "ndcg@k": ...}`` for each ``k`` in ``ks`` (in that order), means over
         all ``U`` users as Python floats.
     """
-    if ranks.dim() != 1:
-        raise ValueError(f"ranks must be [U], got shape {tuple(ranks.shape)}")
-    if ranks.numel() == 0:
+    if ranks.dim() == 1 and ranks.numel() == 0:
         raise ValueError("metrics need at least one user, got U = 0")
-    ks = [int(k) for k in ks]
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive cutoffs, got {ks}")
-    r = ranks.long().cpu()
-    found = r >= 0
-    gain = torch.where(found, 1.0 / torch.log2(r.clamp_min(0).double() + 2.0), 0.0)
-    out: dict[str, float] = {}
-    for k in ks:
-        hit = found & (r < k)
-        out[f"hit@{k}"] = hit.double().mean().item()
-        out[f"ndcg@{k}"] = torch.where(hit, gain, 0.0).mean().item()
-    return out
+    return {name: values.mean().item() for name, values in user_metrics(ranks, ks).items()}
 
 
 def rank_metrics(ranked: Tensor, targets: Tensor, ks: Sequence[int] = (5, 10)) -> dict[str, float]:

@@ -1,0 +1,116 @@
+"""Tests of run comparison: rankings files, paired bootstrap, the compare table and CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ilrec.cli import main
+from ilrec.data.split import Example
+from ilrec.evaluation.compare import compare_groups, paired_bootstrap_ci, read_rankings
+from ilrec.evaluation.report import rankings_tsv
+from ilrec.metrics import user_metrics
+
+TARGETS = [7, 8, 9, 10]
+
+
+def _write_run(folder: Path, ranked: list[list[int]], users=("a", "b", "c", "d")) -> Path:
+    folder.mkdir(parents=True)
+    examples = [Example(u, (1, 2), t) for u, t in zip(users, TARGETS, strict=True)]
+    text = rankings_tsv(examples, torch.tensor(ranked))
+    (folder / "eval_test_exact.rankings.tsv").write_text(text)
+    return folder
+
+
+def _ranked_with_target_at(ranks: list[int]) -> list[list[int]]:
+    """Lists of 10 items putting each user's target at the given rank (-1: absent)."""
+    lists = []
+    for target, rank in zip(TARGETS, ranks, strict=True):
+        items = [100 + i for i in range(10)]
+        if rank >= 0:
+            items[rank] = target
+        lists.append(items)
+    return lists
+
+
+def test_rankings_round_trip(tmp_path):
+    ranked = _ranked_with_target_at([0, 3, -1, 9])
+    run = _write_run(tmp_path / "r", ranked)
+    r = read_rankings(run / "eval_test_exact.rankings.tsv")
+    assert r.users == ("a", "b", "c", "d")
+    assert r.targets.tolist() == TARGETS
+    assert r.ranked.tolist() == ranked
+
+
+def test_read_rankings_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "x.tsv"
+    bad.write_text("user\ttarget\tranked\na\t7\t1 2 3\nb\tseven\t1 2 3\n")
+    with pytest.raises(ValueError, match=r"x\.tsv:3"):
+        read_rankings(bad)
+    bad.write_text("something else\n")
+    with pytest.raises(ValueError, match="header"):
+        read_rankings(bad)
+    with pytest.raises(FileNotFoundError, match="ilrec evaluate"):
+        read_rankings(tmp_path / "missing.tsv")
+
+
+def test_user_metrics_hand():
+    m = user_metrics(torch.tensor([0, 3, -1, 9]), ks=(5, 10))
+    assert m["hit@5"].tolist() == [1, 1, 0, 0]
+    assert m["hit@10"].tolist() == [1, 1, 0, 1]
+    assert m["ndcg@10"].tolist() == pytest.approx([1.0, 1 / math.log2(5), 0.0, 1 / math.log2(11)])
+
+
+def test_paired_bootstrap_ci():
+    assert paired_bootstrap_ci(torch.full((50,), 0.25)) == pytest.approx((0.25, 0.25))
+    diff = torch.randn(400, generator=torch.Generator().manual_seed(0)) + 0.1
+    lo, hi = paired_bootstrap_ci(diff, n_boot=2000)
+    assert lo < diff.mean().item() < hi
+    # roughly mean ± 1.96 standard errors
+    se = diff.std().item() / math.sqrt(diff.numel())
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.15)
+    assert paired_bootstrap_ci(diff, n_boot=2000) == (lo, hi)  # seeded
+    with pytest.raises(ValueError):
+        paired_bootstrap_ci(torch.zeros(0))
+
+
+def test_compare_groups_table(tmp_path):
+    base = [
+        _write_run(tmp_path / f"sft{s}", _ranked_with_target_at([0, 3, -1, -1])) for s in (0, 1)
+    ]
+    better = [
+        _write_run(tmp_path / "new0", _ranked_with_target_at([0, 0, -1, -1])),
+        _write_run(tmp_path / "new1", _ranked_with_target_at([0, 3, 0, -1])),
+    ]
+    table = compare_groups({"SFT": base, "New": better}, n_boot=500)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
+    assert "4 users" in table
+    assert "0.5000 ± 0.0000" in rows["SFT"]  # HR@5 of both SFT seeds
+    # New: NDCG@10 per seed (1 + 1) / 4 = 0.5 and (1 + 1/log2(5) + 1) / 4; SFT (1 + 1/log2(5)) / 4
+    sft = (1 + 1 / math.log2(5)) / 4
+    new = [0.5, (2 + 1 / math.log2(5)) / 4]
+    assert f"{sum(new) / 2 - sft:+.4f}" in rows["New"]
+    assert rows["SFT"].rstrip().endswith("| — |")
+
+
+def test_compare_groups_rejects_other_users(tmp_path):
+    a = _write_run(tmp_path / "a", _ranked_with_target_at([0, 1, 2, 3]))
+    b = _write_run(tmp_path / "b", _ranked_with_target_at([0, 1, 2, 3]), users=("a", "b", "c", "e"))
+    with pytest.raises(ValueError, match="other users"):
+        compare_groups({"A": [a], "B": [b]})
+
+
+def test_compare_cli(tmp_path, capsys):
+    a = _write_run(tmp_path / "a", _ranked_with_target_at([0, 1, 2, 3]))
+    b = _write_run(tmp_path / "b", _ranked_with_target_at([1, 1, 2, 3]))
+    out = tmp_path / "table.md"
+    args = ["compare", "--group", "A", str(a), "--group", "B", str(b), "--out", str(out)]
+    assert main(args + ["--bootstrap", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert out.read_text() == printed and "| B | 1 |" in printed
+    assert main(args) == 2  # --out exists: no silent overwrite
+    assert "exists" in capsys.readouterr().err
+    assert main(["compare", "--group", "A"]) == 2  # a method without runs
