@@ -23,6 +23,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ilrec.evaluation.result_files import eval_stem
+
 # Objective overrides of each variant (paper Table 3 names).
 VARIANTS = {
     "sft": ["objective.name=ce"],
@@ -50,7 +52,7 @@ def train_and_eval(
     name: str, overrides: list[str], args: argparse.Namespace, split: str
 ) -> dict[str, float]:
     run_dir = args.out / name
-    result_file = run_dir / f"eval_{split}_{args.mode}.json"
+    result_file = run_dir / f"{eval_stem(split, args.mode, args.users)}.json"
     if not result_file.exists():
         if not (run_dir / "model" / "config.json").exists():
             base = ["-c", str(args.base), f"data.path={args.data}", f"train.output_dir={run_dir}"]

@@ -10,8 +10,8 @@ import torch
 
 from ilrec.cli import main
 from ilrec.data.split import Example
-from ilrec.evaluation.compare import compare_groups, paired_bootstrap_ci, read_rankings
-from ilrec.evaluation.report import rankings_tsv
+from ilrec.evaluation.compare import compare_groups, paired_bootstrap_ci
+from ilrec.evaluation.result_files import rankings_tsv, read_rankings
 from ilrec.metrics import user_metrics
 
 TARGETS = [7, 8, 9, 10]
@@ -114,3 +114,5 @@ def test_compare_cli(tmp_path, capsys):
     assert main(args) == 2  # --out exists: no silent overwrite
     assert "exists" in capsys.readouterr().err
     assert main(["compare", "--group", "A"]) == 2  # a method without runs
+    assert main(["compare", "--users", "4", "--group", "A", str(a)]) == 2  # no _first4 results
+    assert "eval_test_exact_first4.rankings.tsv" in capsys.readouterr().err

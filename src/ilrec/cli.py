@@ -81,7 +81,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--beams", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--users", type=int, default=0, help="evaluate only the first N users (0 = all)")
+    p.add_argument(
+        "--users",
+        type=int,
+        default=0,
+        help="evaluate only the first N users (0 = all); results go to eval_<split>_<mode>_first<N>.*",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -109,6 +114,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--mode", choices=["beam", "exact", "ground"], default="exact")
+    p.add_argument("--users", type=int, default=0, help="the runs' `evaluate --users N` results")
     p.add_argument("--metric", default="ndcg@10", help="metric of the paired difference")
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples")
     p.add_argument("--out", type=Path, default=None, help="also write the table to this file")
@@ -195,7 +201,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise ValueError(f"--group {name}: give a new method name, then its run folders")
         groups[name] = [Path(r) for r in runs]
     table = compare_groups(
-        groups, args.split, args.mode, delta_metric=args.metric, n_boot=args.bootstrap
+        groups, args.split, args.mode, args.users, delta_metric=args.metric, n_boot=args.bootstrap
     )
     print(table, end="")
     if args.out is not None:

@@ -2,7 +2,7 @@
 
 Every run of a comparison must have been evaluated on the same users (the same split, mode
 and ``--users``); ``ilrec evaluate`` writes each user's target and ranked list to
-``eval_<split>_<mode>.rankings.tsv``. Two kinds of uncertainty are reported, because they
+``eval_<split>_<mode>[_first<N>].rankings.tsv``. Two kinds of uncertainty are reported, because they
 answer different questions:
 
 - the std over a group's runs (seeds): training noise;
@@ -14,56 +14,14 @@ answer different questions:
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ilrec.metrics import target_ranks, user_metrics
+from ilrec.evaluation.result_files import Rankings, eval_stem, read_rankings
 
-__all__ = ["Rankings", "compare_groups", "paired_bootstrap_ci", "read_rankings"]
-
-HEADER = "user\ttarget\tranked"
-
-
-@dataclass(frozen=True)
-class Rankings:
-    """One evaluation's per-user results: ``users[U]``, ``targets[U]``, ``ranked[U, K]``."""
-
-    users: tuple[str, ...]
-    targets: Tensor
-    ranked: Tensor
-
-    def user_metrics(self, ks: tuple[int, ...]) -> dict[str, Tensor]:
-        return user_metrics(target_ranks(self.ranked, self.targets), ks)
-
-
-def read_rankings(path: str | Path) -> Rankings:
-    """Parse an ``eval_<split>_<mode>.rankings.tsv``; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no rankings file (run `ilrec evaluate` on this run)")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if not lines or lines[0] != HEADER:
-        raise ValueError(f"{path}: expected the header {HEADER!r}")
-    users, targets, ranked = [], [], []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t")
-        try:
-            user, target, items = fields
-            targets.append(int(target))
-            ranked.append([int(i) for i in items.split()])
-        except ValueError as e:
-            raise ValueError(f"{path}:{number}: expected 'user<TAB>target<TAB>ids': {e}") from e
-        users.append(user)
-        if len(ranked[-1]) != len(ranked[0]):
-            raise ValueError(
-                f"{path}:{number}: {len(ranked[-1])} ranked items, line 2 has {len(ranked[0])}"
-            )
-    if not users:
-        raise ValueError(f"{path}: no users")
-    return Rankings(tuple(users), torch.tensor(targets), torch.tensor(ranked))
+__all__ = ["compare_groups", "paired_bootstrap_ci"]
 
 
 def paired_bootstrap_ci(
@@ -90,24 +48,27 @@ def paired_bootstrap_ci(
     return lo.item(), hi.item()
 
 
-def _load_group(name: str, runs: list[Path], split: str, mode: str) -> list[Rankings]:
+def _load_group(name: str, runs: list[Path], split: str, mode: str, users: int) -> list[Rankings]:
     if not runs:
         raise ValueError(f"group {name!r} has no runs")
-    return [read_rankings(Path(run) / f"eval_{split}_{mode}.rankings.tsv") for run in runs]
+    stem = eval_stem(split, mode, users)
+    return [read_rankings(Path(run) / f"{stem}.rankings.tsv") for run in runs]
 
 
 def compare_groups(
     groups: dict[str, list[Path]],
     split: str = "test",
     mode: str = "exact",
+    users: int = 0,
     ks: tuple[int, ...] = (5, 10),
     delta_metric: str = "ndcg@10",
     n_boot: int = 10_000,
 ) -> str:
     """A markdown table: one row per group (first = baseline), metrics as mean ± std over its
     runs, and the baseline-paired difference of ``delta_metric`` with a 95% bootstrap interval.
+    ``users`` selects the evaluation of the first N users (``ilrec evaluate --users``).
     """
-    loaded = {name: _load_group(name, runs, split, mode) for name, runs in groups.items()}
+    loaded = {name: _load_group(name, runs, split, mode, users) for name, runs in groups.items()}
     reference = next(iter(loaded.values()))[0]
     for name, rankings in loaded.items():
         for run, r in zip(groups[name], rankings, strict=True):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from ilrec.config import load_config
 from ilrec.data.io import atomic_write_json, atomic_write_text
-from ilrec.data.split import Example, popularity_counts
+from ilrec.data.split import popularity_counts
 from ilrec.evaluation.ranking import evaluate_examples, popularity_metrics
+from ilrec.evaluation.result_files import eval_stem, rankings_tsv
 from ilrec.training.setup import load_setup, load_trained, make_encoder, set_threads
 
 METRIC_KEYS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10")
@@ -25,14 +25,6 @@ def markdown_table(rows: dict[str, dict[str, float]], keys=METRIC_KEYS) -> str:
     return "\n".join(lines)
 
 
-def rankings_tsv(examples: list[Example], ranked: torch.Tensor) -> str:
-    """One line per user: ``user  target  top-k item ids`` (for paired comparisons of runs)."""
-    lines = ["user\ttarget\tranked"]
-    for example, items in zip(examples, ranked.tolist(), strict=True):
-        lines.append(f"{example.user}\t{example.target}\t{' '.join(map(str, items))}")
-    return "\n".join(lines) + "\n"
-
-
 def evaluate_run(
     run_dir: Path,
     split: str = "test",
@@ -44,8 +36,8 @@ def evaluate_run(
 ) -> dict[str, dict[str, float]]:
     """Evaluate the selected model of ``run_dir`` on ``split``.
 
-    Writes ``eval_<split>_<mode>.json`` / ``.md`` (metrics next to popularity) and
-    ``.rankings.tsv`` (every user's target and top-``beams`` items).
+    Writes ``<stem>.json`` / ``.md`` (metrics next to popularity) and ``.rankings.tsv``
+    (every user's target and top-``beams`` items), with the stem of :func:`eval_stem`.
     """
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
@@ -77,7 +69,7 @@ def evaluate_run(
         f"model ({mode})": metrics,
     }
     if main:
-        stem = run_dir / f"eval_{split}_{mode}"
+        stem = run_dir / eval_stem(split, mode, users)
         atomic_write_json(
             stem.with_suffix(".json"),
             {

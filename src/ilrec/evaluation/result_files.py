@@ -1,0 +1,69 @@
+"""Files ``ilrec evaluate`` writes next to a run, and the reader of its per-user rankings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ilrec.data.split import Example
+from ilrec.metrics import target_ranks, user_metrics
+
+__all__ = ["Rankings", "eval_stem", "rankings_tsv", "read_rankings"]
+
+HEADER = "user\ttarget\tranked"
+
+
+def eval_stem(split: str, mode: str, users: int = 0) -> str:
+    """Result file stem: ``eval_<split>_<mode>``, ``..._first<N>`` when only N users ran
+    (so a subset never overwrites a full evaluation)."""
+    return f"eval_{split}_{mode}" + (f"_first{users}" if users > 0 else "")
+
+
+def rankings_tsv(examples: list[Example], ranked: torch.Tensor) -> str:
+    """One line per user: ``user  target  top-k item ids`` (for paired comparisons of runs)."""
+    lines = [HEADER]
+    for example, items in zip(examples, ranked.tolist(), strict=True):
+        lines.append(f"{example.user}\t{example.target}\t{' '.join(map(str, items))}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Rankings:
+    """One evaluation's per-user results: ``users[U]``, ``targets[U]``, ``ranked[U, K]``."""
+
+    users: tuple[str, ...]
+    targets: Tensor
+    ranked: Tensor
+
+    def user_metrics(self, ks: tuple[int, ...]) -> dict[str, Tensor]:
+        return user_metrics(target_ranks(self.ranked, self.targets), ks)
+
+
+def read_rankings(path: str | Path) -> Rankings:
+    """Parse a ``<eval stem>.rankings.tsv``; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no rankings file (run `ilrec evaluate` on this run)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0] != HEADER:
+        raise ValueError(f"{path}: expected the header {HEADER!r}")
+    users, targets, ranked = [], [], []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        try:
+            user, target, items = fields
+            targets.append(int(target))
+            ranked.append([int(i) for i in items.split()])
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: expected 'user<TAB>target<TAB>ids': {e}") from e
+        users.append(user)
+        if len(ranked[-1]) != len(ranked[0]):
+            raise ValueError(
+                f"{path}:{number}: {len(ranked[-1])} ranked items, line 2 has {len(ranked[0])}"
+            )
+    if not users:
+        raise ValueError(f"{path}: no users")
+    return Rankings(tuple(users), torch.tensor(targets), torch.tensor(ranked))
