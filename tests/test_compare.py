@@ -113,6 +113,9 @@ def test_compare_cli(tmp_path, capsys):
     assert out.read_text() == printed and "| B | 1 |" in printed
     assert main(args) == 2  # --out exists: no silent overwrite
     assert "exists" in capsys.readouterr().err
+    assert (
+        "| B | 1 | 1.0000 | " in printed and "±" not in printed.splitlines()[-1]
+    )  # one run: no std
     assert main(["compare", "--group", "A"]) == 2  # a method without runs
     assert main(["compare", "--users", "4", "--group", "A", str(a)]) == 2  # no _first4 results
     assert "eval_test_exact_first4.rankings.tsv" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def compare_groups(
     n_boot: int = 10_000,
 ) -> str:
     """A markdown table: one row per group (first = baseline), metrics as mean ± std over its
-    runs, and the baseline-paired difference of ``delta_metric`` with a 95% bootstrap interval.
+    runs (the value alone for a single run), and the baseline-paired difference of ``delta_metric`` with a 95% bootstrap interval.
     ``users`` selects the evaluation of the first N users (``ilrec evaluate --users``).
     """
     loaded = {name: _load_group(name, runs, split, mode, users) for name, runs in groups.items()}
@@ -95,8 +95,8 @@ def compare_groups(
         cells = []
         for key in keys:
             values = [m[key].mean().item() for m in metrics]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.4f} ± {std:.4f}")
+            cell = f"{statistics.mean(values):.4f}"
+            cells.append(cell + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""))
         if name == baseline_name:
             delta = "—"
         else:
