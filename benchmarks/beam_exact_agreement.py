@@ -6,7 +6,7 @@ item is among the beams.
 
 Example:
     python benchmarks/beam_exact_agreement.py --exact-users 1000 --beam-users 5000 \\
-        /work/runs/res_inst/sft_s0 /work/runs/t4/sasrec_mu0.1/ilrec_s0
+        runs/sft_s0 runs/ilrec_s0
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from ilrec.config import load_config
 from ilrec.evaluation.report import evaluate_run
+from ilrec.evaluation.result_files import read_rankings
 from ilrec.identifiers.vocab import build_text_tokenizer
 from ilrec.metrics import rank_metrics
 from ilrec.training.run import RunExistsError, train
@@ -53,12 +54,11 @@ def test_smoke_scratch_formats(synthetic_dir, tmp_path, tiny_overrides, extra):
         stem = f"eval_test_{mode}_first6"  # a subset never takes a full evaluation's name
         assert (run / f"{stem}.json").exists() and (run / f"{stem}.md").exists()
         assert not (run / f"eval_test_{mode}.json").exists()
-        lines = (run / f"{stem}.rankings.tsv").read_text().splitlines()[1:]
-        rows_tsv = [line.split("\t") for line in lines]
-        ranked = torch.tensor([[int(i) for i in r[2].split()] for r in rows_tsv])
-        targets = torch.tensor([int(r[1]) for r in rows_tsv])
-        assert ranked.shape == (6, 10)
-        assert rank_metrics(ranked, targets) == pytest.approx(rows[f"model ({mode})"])
+        rankings = read_rankings(run / f"{stem}.rankings.tsv")
+        assert rankings.ranked.shape == (6, 10)
+        assert rank_metrics(rankings.ranked, rankings.targets) == pytest.approx(
+            rows[f"model ({mode})"]
+        )
 
 
 def _save_local_hf_model(folder, synthetic_dir):

@@ -2,8 +2,8 @@
 
 Every run of a comparison must have been evaluated on the same users (the same split, mode
 and ``--users``); ``ilrec evaluate`` writes each user's target and ranked list to
-``eval_<split>_<mode>[_first<N>].rankings.tsv``. Two kinds of uncertainty are reported, because they
-answer different questions:
+``eval_<split>_<mode>[_first<N>].rankings.tsv``. Two kinds of uncertainty are reported,
+because they answer different questions:
 
 - the std over a group's runs (seeds): training noise;
 - a paired bootstrap over users of the difference to the baseline group (each user's metric
@@ -38,11 +38,12 @@ def paired_bootstrap_ci(
     if diff.dim() != 1 or diff.numel() == 0:
         raise ValueError(f"diff must be a non-empty [U] tensor, got shape {tuple(diff.shape)}")
     generator = torch.Generator().manual_seed(seed)
+    values = diff.double()
     means = torch.empty(n_boot, dtype=torch.float64)
     for start in range(0, n_boot, 1000):  # bounded memory: 1000 x U indices at a time
         rows = min(1000, n_boot - start)
-        idx = torch.randint(diff.numel(), (rows, diff.numel()), generator=generator)
-        means[start : start + rows] = diff.double()[idx].mean(1)
+        idx = torch.randint(values.numel(), (rows, values.numel()), generator=generator)
+        means[start : start + rows] = values[idx].mean(1)
     tail = (1.0 - level) / 2
     lo, hi = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64))
     return lo.item(), hi.item()
@@ -65,8 +66,8 @@ def compare_groups(
     n_boot: int = 10_000,
 ) -> str:
     """A markdown table: one row per group (first = baseline), metrics as mean ± std over its
-    runs (the value alone for a single run), and the baseline-paired difference of ``delta_metric`` with a 95% bootstrap interval.
-    ``users`` selects the evaluation of the first N users (``ilrec evaluate --users``).
+    runs (the value alone for a single run), and the baseline-paired difference of
+    ``delta_metric`` with a 95% bootstrap interval. ``users`` selects the evaluation of the first N users (``ilrec evaluate --users``).
     """
     loaded = {name: _load_group(name, runs, split, mode, users) for name, runs in groups.items()}
     reference = next(iter(loaded.values()))[0]
