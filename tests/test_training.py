@@ -162,3 +162,15 @@ def test_resume_without_checkpoint_is_an_error(synthetic_dir, tmp_path, tiny_ove
     config = load_config(None, tiny_overrides(synthetic_dir, tmp_path / "none"))
     with pytest.raises(RunExistsError, match="no checkpoint"):
         train(config, resume=True)
+
+
+def test_early_stopping_ends_a_plateaued_run(synthetic_dir, tmp_path, tiny_overrides):
+    # lr 1e-9 leaves the model unchanged, so validation never improves after the first check
+    run = tmp_path / "stop"
+    extra = ("train.lr=1e-9", "train.eval_every=2", "train.max_steps=40", "train.patience=2")
+    train(load_config(None, tiny_overrides(synthetic_dir, run, *extra)))
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["step"] for r in records if "eval_ndcg@10" in r]
+    assert evals == [2, 4, 6]  # the first check sets the best; two without gain stop it
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["steps"] == 6

@@ -140,9 +140,12 @@ class TrainConfig:
         0  # torch threads per process (0 = all cores alone, 1 per process when distributed)
     )
     max_steps: int = -1
+    patience: int = 0  # stop after this many validations without a better ndcg@10 (0 = off)
 
     def __post_init__(self) -> None:
         _positive("train.batch_size", self.batch_size)
+        if self.patience < 0:
+            raise ConfigError(f"train.patience must be >= 0, got {self.patience}")
         _positive("train.grad_accum", self.grad_accum)
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")

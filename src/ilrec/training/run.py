@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
-from transformers import TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from ilrec.config import Config, save_config
@@ -146,7 +146,11 @@ def train(
         data_collator=PaddingCollator(tokenizer.pad_token_id),
         objective=objective,
         rank_metrics_fn=rank_metrics_fn,
-        callbacks=[JsonlLogger(run_dir / "metrics.jsonl"), *(callbacks or [])],
+        callbacks=[
+            JsonlLogger(run_dir / "metrics.jsonl"),
+            *stop_callbacks(config),
+            *(callbacks or []),
+        ],
     )
     output = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(run_dir / "model"))
@@ -170,6 +174,13 @@ def train(
         plot_curves_safely(run_dir)
     _barrier()  # no rank returns (and, e.g., reads model/) before the main one has written it
     return {"ndcg@10": trainer.state.best_metric or 0.0}
+
+
+def stop_callbacks(config: Config) -> list[TrainerCallback]:
+    """Early stopping on validation NDCG@10 when ``train.patience`` > 0."""
+    if config.train.patience <= 0:
+        return []
+    return [EarlyStoppingCallback(early_stopping_patience=config.train.patience)]
 
 
 def _barrier() -> None:

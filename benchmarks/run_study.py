@@ -1,0 +1,89 @@
+"""Run a study: a YAML list of `ilrec` commands, resumable.
+
+    python benchmarks/run_study.py benchmarks/studies/instruments_alignment.yaml [--dry-run]
+
+A study file holds ``root`` (where run folders go; ``{root}`` in any argument is replaced by
+it), optional ``env`` (environment variables, e.g. ``OMP_NUM_THREADS: "1"``) and ``steps``:
+each step is ``{name, args, done}`` where ``args`` are the arguments of ``ilrec`` and ``done``
+the file whose existence marks the step finished. A finished step is never redone; a `train`
+or `align` step whose run folder holds a checkpoint is continued with ``--resume``; a step
+that fails stops the study (its output is in ``{root}/logs/<name>.log``). Kill the study at
+any time and start it again: it picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+RESUMABLE = ("train", "align")
+
+
+def load_study(path: Path) -> dict:
+    study = yaml.safe_load(path.read_text())
+    if not isinstance(study, dict) or "root" not in study or "steps" not in study:
+        raise SystemExit(f"{path}: expected a mapping with 'root' and 'steps'")
+    root = str(study["root"])
+    names = set()
+    for i, step in enumerate(study["steps"]):
+        missing = {"name", "args", "done"} - set(step)
+        if missing:
+            raise SystemExit(f"{path}: steps[{i}] lacks {sorted(missing)}")
+        if step["name"] in names:
+            raise SystemExit(f"{path}: steps[{i}]: duplicate name {step['name']!r}")
+        names.add(step["name"])
+        step["args"] = [str(a).replace("{root}", root) for a in step["args"]]
+        step["done"] = str(step["done"]).replace("{root}", root)
+    return study
+
+
+def run_folder(args: list[str]) -> Path | None:
+    """The run folder a train/align step writes (``train.output_dir=...``)."""
+    for arg in args:
+        if arg.startswith("train.output_dir="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
+def has_checkpoint(folder: Path | None) -> bool:
+    return folder is not None and folder.is_dir() and any(folder.glob("checkpoint-*"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", type=Path)
+    parser.add_argument("--dry-run", action="store_true", help="print what would run")
+    args = parser.parse_args()
+    study = load_study(args.study)
+    root = Path(study["root"])
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **{k: str(v) for k, v in (study.get("env") or {}).items()}}
+    for step in study["steps"]:
+        if Path(step["done"]).exists():
+            print(f"[done] {step['name']}")
+            continue
+        cmd = [sys.executable, "-m", "ilrec.cli", *step["args"]]
+        if step["args"][0] in RESUMABLE and has_checkpoint(run_folder(step["args"])):
+            cmd.append("--resume")
+        print(f"[run ] {step['name']}: {' '.join(cmd[2:])}", flush=True)
+        if args.dry_run:
+            continue
+        start = time.time()
+        with open(logs / f"{step['name']}.log", "a") as log:
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        print(f"       exit {code} after {time.time() - start:.0f} s", flush=True)
+        if code != 0 or not Path(step["done"]).exists():
+            print(f"step {step['name']} failed: see {logs / step['name']}.log", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
