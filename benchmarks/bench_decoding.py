@@ -237,7 +237,7 @@ def run_folder_data(run_dir: str) -> tuple[nn.Module, BenchData]:
     from pathlib import Path
 
     from ilrec.config import load_config
-    from ilrec.training.setup import load_setup, load_trained, make_encoder
+    from ilrec.runs.setup import load_setup, load_trained, make_encoder
 
     config = load_config(Path(run_dir) / "config.yaml")
     setup = load_setup(config)

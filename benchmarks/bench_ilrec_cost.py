@@ -110,7 +110,7 @@ def make_runner(config, model, encoder, device) -> tuple:
 
     model.to(device).train()
     # may attach separate heads, and builds the CRR reward provider when mu_crr > 0
-    objective = build_objective(config.objective, model, encoder, config.data.max_history)
+    objective = build_objective(config.objective.name, config, model, encoder)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     return objective, torch.optim.AdamW(params, lr=config.train.lr)
@@ -138,7 +138,7 @@ def run_interleaved(spec: dict) -> dict:
     import torch
 
     from ilrec.config import load_config
-    from ilrec.training.setup import build_model, load_setup, make_encoder, set_threads
+    from ilrec.runs.setup import build_model, load_setup, make_encoder, set_threads
 
     threads = set_threads(spec["threads"])
     variants = spec["variants"]
@@ -178,7 +178,7 @@ def run_worker(spec: dict) -> dict:
     import torch
 
     from ilrec.config import load_config
-    from ilrec.training.setup import build_model, load_setup, make_encoder, set_threads
+    from ilrec.runs.setup import build_model, load_setup, make_encoder, set_threads
 
     threads = set_threads(spec["threads"])
     config = load_config(ILREC_CONFIG, variant_overrides(spec, spec["variant"]))

@@ -12,10 +12,10 @@ from ilrec.config import ConfigError, load_config
 from ilrec.data.encoding import PaddingCollator
 from ilrec.identifiers.vocab import build_code_tokenizer
 from ilrec.rewards import prefix_rewards
+from ilrec.runs.setup import load_setup, make_encoder
 from ilrec.training.cf import CFConfig, cf_item_probs, load_cf_model, train_cf
 from ilrec.training.crr import CFRewardProvider
 from ilrec.training.run import train
-from ilrec.training.setup import load_setup, make_encoder
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from ilrec.config import ConfigError, ObjectiveConfig, load_config
+from ilrec.config import Config, ConfigError, ObjectiveConfig, load_config
 from ilrec.losses import cpd_loss, cpo_loss, ensemble_logits, extract_negatives, penalty_weights
 from ilrec.models.backbones import SCRATCH_PRESETS, ScratchPreset
-from ilrec.training.ilrec_objective import HEADS_ATTR, ILRecObjective, candidate_layers
-from ilrec.training.objectives import OBJECTIVES, CrossEntropyObjective, build_objective
+from ilrec.training.objectives import CrossEntropyObjective, build_objective
+from ilrec.training.objectives.ilrec import HEADS_ATTR, ILRecObjective, candidate_layers
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -140,7 +140,7 @@ def test_supervised_gathering_matches_full_sequence(kind):
 def test_without_negatives_or_cpd_equals_plain_ce(negatives_from):
     model = _tiny_model()
     batch = _batch()
-    ce = CrossEntropyObjective(ObjectiveConfig(), model)(model, batch)
+    ce = CrossEntropyObjective()(model, batch)
     cfg = _cfg(alpha=1e9, lambda_cpd=0.0, beta=0.5, negatives_from=negatives_from)
     out = ILRecObjective(cfg, model)(model, batch)
     torch.testing.assert_close(out.loss, ce.loss, rtol=1e-6, atol=1e-6)
@@ -157,7 +157,7 @@ def test_negatives_change_the_loss_and_sign_aware_differs():
     model = _tiny_model()
     batch = _batch()
     base = ILRecObjective(_cfg(alpha=0.5, beta=1.0, lambda_cpd=0.0), model)(model, batch)
-    ce = CrossEntropyObjective(ObjectiveConfig(), model)(model, batch)
+    ce = CrossEntropyObjective()(model, batch)
     assert base.logs["neg_per_pos"] > 0
     assert not torch.allclose(base.loss, ce.loss)
     signed = ILRecObjective(_cfg(alpha=0.5, beta=1.0, lambda_cpd=0.0, sign_aware=True), model)
@@ -223,9 +223,9 @@ def test_candidate_layers_and_errors():
     assert candidate_layers(_cfg(layers=[5, 2]), 6) == [2, 5]
     model = _tiny_model(n_layers=3)
     with pytest.raises(ConfigError, match=r"objective\.k=3.*3 layers"):
-        build_objective(_cfg(k=3), model)
+        build_objective("ilrec", Config(objective=_cfg(k=3)), model)
     with pytest.raises(ConfigError, match=r"objective\.k=7.*3 layers"):
-        build_objective(_cfg(k=7), model)
+        build_objective("ilrec", Config(objective=_cfg(k=7)), model)
     with pytest.raises(ConfigError, match=r"objective\.layers: 3 .*3 layers"):
         ILRecObjective(_cfg(layers=[3]), model)
     with pytest.raises(ConfigError, match=r"objective\.layers: -5"):
@@ -238,7 +238,9 @@ def test_candidate_layers_and_errors():
         _cfg(layers=[])
     with pytest.raises(ConfigError, match=r"lambda_cpd > 0"):
         _cfg(head="separate", lambda_cpd=0.0)
-    assert OBJECTIVES["ilrec"] is ILRecObjective
+    assert isinstance(build_objective("ilrec", Config(objective=_cfg(k=1)), model), ILRecObjective)
+    with pytest.raises(ConfigError, match="objective must be one of"):
+        build_objective("nope", Config(), model)
 
 
 def test_k0_uses_final_layer_negatives_without_cpd():

@@ -164,6 +164,77 @@ class EvalConfig:
             raise ConfigError(f"eval.beams={self.beams} is below the largest cutoff {max(self.ks)}")
 
 
+ALIGN_METHODS = ("dpo", "sdpo", "rosepo", "sprec", "grpo")
+NEGATIVE_SAMPLERS = ("random", "popular", "self_hard", "greedy")
+GRPO_REWARDS = ("rule", "ranking", "cf")
+
+
+@dataclass
+class AlignConfig:
+    """A stage that starts from a finished run (``ilrec align --from RUN``): the DPO family,
+    SPRec's self-play loop and GRPO. The starting run's model is the policy and, frozen, the
+    reference."""
+
+    method: str = "dpo"  # dpo | sdpo | rosepo | sprec | grpo
+    from_run: str | None = None  # the finished run this stage starts from (set by --from)
+    beta: float = 0.1  # DPO-family inverse temperature; GRPO: the KL coefficient
+    examples: int = 0  # training prompts used (a seeded subsample; 0 = all)
+    seed: int = 0  # negative sampling and subsampling
+    # DPO family: rejected items per prompt, by sampler (random | popular | self_hard | greedy)
+    negatives: dict[str, int] = field(default_factory=lambda: {"random": 1})
+    label_smoothing: float = 0.0  # conservative DPO (dpo)
+    oracle_run: str | None = None  # rosepo: a `train-cf` run scoring chosen vs rejected
+    epsilon_max: float = 0.5  # rosepo: cap of the personalised smoothing
+    # SPRec: iterations of [greedy negatives -> SFT epoch on positives -> DPO epoch]
+    iterations: int = 3
+    sft_lr: float | None = None  # lr of SPRec's SFT epochs (None = train.lr)
+    # GRPO
+    rollouts: int = 8  # G per prompt
+    rollout: str = "beam"  # beam (G distinct items) | sample (constrained, with temperature)
+    temperature: float = 1.0
+    reward: str = "rule"  # rule | ranking | cf
+    reward_run: str | None = None  # reward=cf: a `train-cf` run
+    inner_steps: int = 1  # updates per batch of rollouts (> 1 uses the clipped ratio)
+    clip_eps: float = 0.2
+    reasoning_tokens: int = 0  # RLVR-reasoning: free tokens before the identifier (0 = off)
+
+    def __post_init__(self) -> None:
+        _choice("align.method", self.method, ALIGN_METHODS)
+        _choice("align.rollout", self.rollout, ("beam", "sample"))
+        _choice("align.reward", self.reward, GRPO_REWARDS)
+        if self.beta < 0 or (self.beta == 0 and self.method != "grpo"):
+            raise ConfigError(f"align.beta must be > 0 (>= 0 for grpo), got {self.beta}")
+        for name, count in self.negatives.items():
+            _choice("align.negatives", name, NEGATIVE_SAMPLERS)
+            if count < 1:
+                raise ConfigError(f"align.negatives.{name} must be >= 1, got {count}")
+        if self.method in ("dpo", "sdpo", "rosepo") and not self.negatives:
+            raise ConfigError(f"align.method={self.method} needs align.negatives")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(
+                f"align.label_smoothing must be in [0, 0.5), got {self.label_smoothing}"
+            )
+        if not 0 < self.epsilon_max < 1:
+            raise ConfigError(f"align.epsilon_max must be in (0, 1), got {self.epsilon_max}")
+        if self.method == "rosepo" and not self.oracle_run:
+            raise ConfigError(
+                "align.method=rosepo needs a CF preference oracle: align.oracle_run=DIR"
+            )
+        if self.reward == "cf" and self.method == "grpo" and not self.reward_run:
+            raise ConfigError("align.reward=cf needs align.reward_run=<train-cf run>")
+        _positive("align.iterations", self.iterations)
+        _positive("align.rollouts", self.rollouts)
+        _positive("align.inner_steps", self.inner_steps)
+        if self.examples < 0 or self.reasoning_tokens < 0:
+            raise ConfigError("align.examples and align.reasoning_tokens must be >= 0")
+        if self.temperature <= 0:
+            raise ConfigError(f"align.temperature must be > 0, got {self.temperature}")
+
+    @property
+    def n_negatives(self) -> int:
+        return sum(self.negatives.values())
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -171,6 +242,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -198,6 +270,14 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected {_name(annotation)}, got {value!r}")
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {_name(value_type)}, got {value!r}")
+        return {
+            _coerce(f"{key} key", k, key_type): _coerce(f"{key}.{k}", v, value_type)
+            for k, v in value.items()
+        }
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ilrec.training.runfiles import read_jsonl
+from ilrec.runs.files import read_jsonl
 
 __all__ = ["layer_loss_series", "plot_layer_losses"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ilrec.training.runfiles import read_jsonl
+from ilrec.runs.files import read_jsonl
 
 
 def plot_training_curves(metrics_path: Path, out_path: Path) -> Path:

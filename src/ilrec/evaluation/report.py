@@ -12,7 +12,7 @@ from ilrec.data.io import atomic_write_json, atomic_write_text
 from ilrec.data.split import popularity_counts
 from ilrec.evaluation.ranking import evaluate_examples, popularity_metrics
 from ilrec.evaluation.result_files import eval_stem, rankings_tsv
-from ilrec.training.setup import load_setup, load_trained, make_encoder, set_threads
+from ilrec.runs.setup import load_setup, load_trained, make_encoder, set_threads
 
 METRIC_KEYS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10")
 

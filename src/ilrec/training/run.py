@@ -6,7 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import random
+import resource
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,13 +17,13 @@ from torch.utils.data import Dataset
 from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from ilrec.config import Config, save_config
+from ilrec.config import Config, ConfigError, save_config
 from ilrec.data.encoding import PaddingCollator
 from ilrec.data.io import atomic_write_json
 from ilrec.evaluation.ranking import evaluate_examples
-from ilrec.training.objectives import build_objective
-from ilrec.training.runfiles import write_environment
-from ilrec.training.setup import build_model, load_setup, make_encoder, set_threads, world_size
+from ilrec.runs.files import write_environment
+from ilrec.runs.setup import build_model, load_setup, make_encoder, set_threads, world_size
+from ilrec.training.objectives import SFT_OBJECTIVES, build_objective
 from ilrec.training.trainer import JsonlLogger, RecTrainer
 
 log = logging.getLogger(__name__)
@@ -94,40 +97,54 @@ def training_arguments(config: Config, run_dir: Path) -> TrainingArguments:
     )
 
 
-def train(
-    config: Config,
-    resume: bool = False,
-    overwrite: bool = False,
-    callbacks: list[TrainerCallback] | None = None,
-) -> dict[str, float]:
-    """Train a generative recommender; returns the best validation metrics."""
+@dataclass
+class RunStart:
+    """A run folder checked for reuse, with its Trainer arguments."""
+
+    run_dir: Path
+    args: TrainingArguments
+    checkpoint: str | None  # the checkpoint to resume from
+    overwrite: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.args.process_index == 0
+
+
+def start_run(config: Config, resume: bool, overwrite: bool) -> RunStart:
+    """Threads, Trainer arguments (which start the process group when distributed) and the
+    run folder check; every rank has checked the folder before any writes into it."""
     set_threads(config.train.threads)
     run_dir = Path(config.train.output_dir)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
-    args = training_arguments(config, run_dir)  # initialises the process group when distributed
+    args = training_arguments(config, run_dir)
     checkpoint = check_run_dir(run_dir, resume, overwrite)
-    _barrier()  # every rank has checked the folder before the main one writes into it
-    setup = load_setup(config)
-    torch.manual_seed(config.train.seed)
-    model, tokenizer = build_model(setup)
-    encoder = make_encoder(setup, tokenizer)
-    if args.process_index == 0:
-        if overwrite and checkpoint is None and run_dir.exists():
+    barrier()
+    return RunStart(run_dir, args, checkpoint, overwrite)
+
+
+def write_run_files(start: RunStart, config: Config, tokenizer) -> None:
+    """The main process (re)creates the folder and writes config, environment and tokenizer."""
+    run_dir = start.run_dir
+    if start.is_main:
+        if start.overwrite and start.checkpoint is None and run_dir.exists():
             shutil.rmtree(run_dir)  # asked for explicitly with --overwrite
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         write_environment(run_dir)
         tokenizer.save_pretrained(run_dir / "tokenizer")
-    _barrier()
+    barrier()
 
-    features = encoder.encode_training(
-        setup.splits.train_prefixes(), setup.splits.train_windows(), seed=config.train.seed
-    )
-    valid = validation_subsample(setup.splits.valid, config.data.valid_users, config.train.seed)
 
-    def rank_metrics_fn(m: torch.nn.Module) -> dict[str, float]:
+def validation_ranker(
+    config: Config, examples: list, encoder
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """Model selection: beam-search HR/NDCG of a fixed validation subsample."""
+    valid = validation_subsample(examples, config.data.valid_users, config.train.seed)
+
+    def rank_metrics_fn(model: torch.nn.Module) -> dict[str, float]:
         metrics, _ = evaluate_examples(
-            m,
+            model,
             encoder,
             valid,
             mode="beam",
@@ -137,13 +154,29 @@ def train(
         )
         return metrics
 
-    objective = build_objective(config.objective, model, encoder, config.data.max_history)
+    return rank_metrics_fn
+
+
+def fit(
+    start: RunStart,
+    config: Config,
+    model: torch.nn.Module,
+    objective: Callable,
+    features: list[dict],
+    collator: Callable,
+    rank_metrics_fn: Callable[[torch.nn.Module], dict[str, float]],
+    callbacks: list[TrainerCallback] | None = None,
+    summary: dict | None = None,
+) -> dict[str, float]:
+    """Train ``model`` on ``features`` with ``objective`` (checkpoints, resume, validation
+    selection, logs), save the selected model and ``train_summary.json`` (plus ``summary``)."""
+    run_dir = start.run_dir
     trainer = RecTrainer(
         model=model,
-        args=args,
+        args=start.args,
         train_dataset=FeatureDataset(features),
-        eval_dataset=valid,  # ranked by rank_metrics_fn, not by the Trainer's loss loop
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        eval_dataset=[],  # validation ranks users through rank_metrics_fn, not this dataset
+        data_collator=collator,
         objective=objective,
         rank_metrics_fn=rank_metrics_fn,
         callbacks=[
@@ -152,28 +185,74 @@ def train(
             *(callbacks or []),
         ],
     )
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    output = trainer.train(resume_from_checkpoint=start.checkpoint)
     trainer.save_model(str(run_dir / "model"))
     if trainer.is_world_process_zero():
         tokens = sum(len(f["input_ids"]) for f in features) * trainer.state.epoch
         # train_runtime covers this process's run (after a resume: its remaining part)
         runtime = output.metrics["train_runtime"] - trainer.eval_seconds
-        best = {
+        resumed = start.checkpoint
+        record = {
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "best_valid_ndcg@10": trainer.state.best_metric,
             "steps": trainer.state.global_step,
             "epochs": trainer.state.epoch,
             "train_seconds_without_validation": runtime,
             "validation_seconds": trainer.eval_seconds,
-            "resumed_from": checkpoint,
+            "resumed_from": resumed,
             # throughput only for uninterrupted runs (a resumed process ran part of the epochs)
-            "seconds_per_epoch": None if checkpoint else runtime / max(trainer.state.epoch, 1e-9),
-            "tokens_per_second": None if checkpoint else tokens / runtime,
+            "seconds_per_epoch": None if resumed else runtime / max(trainer.state.epoch, 1e-9),
+            "tokens_per_second": None if resumed else tokens / runtime,
+            "peak_memory_mb": peak_memory_mb(),
+            **(summary or {}),
         }
-        atomic_write_json(run_dir / "train_summary.json", best)
+        atomic_write_json(run_dir / "train_summary.json", record)
         plot_curves_safely(run_dir)
-    _barrier()  # no rank returns (and, e.g., reads model/) before the main one has written it
+    barrier()  # no rank returns (and, e.g., reads model/) before the main one has written it
     return {"ndcg@10": trainer.state.best_metric or 0.0}
+
+
+def train(
+    config: Config,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
+) -> dict[str, float]:
+    """Train a generative recommender (SFT with ``objective.name``); returns the best
+    validation metrics."""
+    if config.objective.name not in SFT_OBJECTIVES:
+        raise ConfigError(
+            f"objective.name must be one of {list(SFT_OBJECTIVES)} for `ilrec train`, got "
+            f"{config.objective.name!r} (alignment methods run with `ilrec align`)"
+        )
+    start = start_run(config, resume, overwrite)
+    setup = load_setup(config)
+    torch.manual_seed(config.train.seed)
+    model, tokenizer = build_model(setup)
+    encoder = make_encoder(setup, tokenizer)
+    write_run_files(start, config, tokenizer)
+    features = encoder.encode_training(
+        setup.splits.train_prefixes(), setup.splits.train_windows(), seed=config.train.seed
+    )
+    objective = build_objective(config.objective.name, config, model, encoder)
+    return fit(
+        start,
+        config,
+        model,
+        objective,
+        features,
+        PaddingCollator(tokenizer.pad_token_id),
+        validation_ranker(config, setup.splits.valid, encoder),
+        callbacks,
+    )
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process (and of the GPU, when one is used), in MiB."""
+    peak = {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        peak["cuda"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
 
 
 def stop_callbacks(config: Config) -> list[TrainerCallback]:
@@ -183,7 +262,7 @@ def stop_callbacks(config: Config) -> list[TrainerCallback]:
     return [EarlyStoppingCallback(early_stopping_patience=config.train.patience)]
 
 
-def _barrier() -> None:
+def barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
 

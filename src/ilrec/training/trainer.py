@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from ilrec.training.runfiles import append_jsonl
+from ilrec.runs.files import append_jsonl
 
 
 class RecTrainer(Trainer):

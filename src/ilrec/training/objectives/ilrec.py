@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +45,7 @@ from ilrec.losses import (
     penalty_weights,
 )
 from ilrec.models.layers import LMParts, causal_lm, final_logits, gather, lm_parts
-
-if TYPE_CHECKING:  # objectives.py imports this module for its registry
-    from ilrec.training.objectives import ForwardResult, ObjectiveOutput
+from ilrec.training.objectives.base import ForwardResult, ObjectiveOutput, forward_supervised
 
 __all__ = ["HEADS_ATTR", "ILRecObjective", "RewardProvider", "candidate_layers"]
 
@@ -206,8 +203,6 @@ class ILRecObjective:
         return logits.float()
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> ObjectiveOutput:
-        from ilrec.training.objectives import ObjectiveOutput, forward_supervised
-
         cfg = self.cfg
         use_cpo = cfg.cpo and cfg.beta != 0
         use_crr = cfg.mu_crr > 0

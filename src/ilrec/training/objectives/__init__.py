@@ -1,0 +1,64 @@
+"""Training objectives, one module each, dispatched through a plain registry (``OBJECTIVES``).
+
+An objective maps ``(model, batch)`` to a scalar loss plus floats to log
+(:class:`~ilrec.training.objectives.base.ObjectiveOutput`). SFT runs pick one with
+``objective.name``; alignment stages with ``align.method``. This package imports its members;
+they import only :mod:`~ilrec.training.objectives.base`, never the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ilrec.config import Config, ConfigError
+from ilrec.training.objectives.base import ForwardResult, ObjectiveOutput, forward_supervised
+from ilrec.training.objectives.ce import CrossEntropyObjective
+from ilrec.training.objectives.ilrec import ILRecObjective
+
+__all__ = [
+    "OBJECTIVES",
+    "SFT_OBJECTIVES",
+    "CrossEntropyObjective",
+    "ForwardResult",
+    "ILRecObjective",
+    "ObjectiveOutput",
+    "build_objective",
+    "forward_supervised",
+]
+
+Objective = Callable[[nn.Module, dict], ObjectiveOutput]
+
+OBJECTIVES: dict[str, Callable[[Config, nn.Module], Objective]] = {
+    "ce": lambda config, model: CrossEntropyObjective(),
+    "ilrec": lambda config, model: ILRecObjective(config.objective, model),
+}
+"""Objective name -> builder ``(config, model) -> objective``."""
+
+SFT_OBJECTIVES = ("ce", "ilrec")
+"""What ``objective.name`` may name (the others are alignment stages: ``align.method``)."""
+
+
+def build_objective(name: str, config: Config, model: nn.Module, encoder=None) -> Objective:
+    """The objective ``name`` for ``model``; for ILRec with ``objective.mu_crr > 0`` its CRR
+    reward provider is built from the CF run ``objective.cf_run`` (needs the ``encoder``'s
+    identifier table, and the LM's history length so the CF model sees the same histories)."""
+    if name not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of {sorted(OBJECTIVES)}, got {name!r}")
+    objective = OBJECTIVES[name](config, model)
+    if isinstance(objective, ILRecObjective) and config.objective.mu_crr > 0:
+        if encoder is None:
+            raise ValueError("objective.mu_crr > 0: build_objective needs the encoder")
+        from ilrec.training.crr import CFRewardProvider
+
+        vocab_size = model.get_output_embeddings().weight.shape[0]
+        objective.set_reward_provider(
+            CFRewardProvider(
+                config.objective.cf_run,
+                encoder.item_table(),
+                vocab_size,
+                config.data.max_history,
+            )
+        )
+    return objective
