@@ -100,7 +100,9 @@ def test_unknown_key() -> None:
     with pytest.raises(ConfigError, match=r"^unknown key train\.lrr \(valid: \[") as info:
         load_config(overrides=["train.lrr=0.1"])
     assert "'lr'" in str(info.value)
-    with pytest.raises(ConfigError, match=r"^unknown key optimizer \(valid: \['data', 'eval'"):
+    with pytest.raises(
+        ConfigError, match=r"^unknown key optimizer \(valid: \['align', 'data', 'eval'"
+    ):
         load_config(overrides=["optimizer.name=adam"])
 
 

@@ -68,6 +68,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _add_align(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "align",
+        help="a stage from a finished run: DPO, S-DPO, RosePO, SPRec or GRPO (align.method)",
+    )
+    p.add_argument(
+        "--from", dest="from_run", required=True, type=Path, help="the finished run to start from"
+    )
+    p.add_argument("-c", "--config", type=Path, default=None, help="configs/align/*.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. align.beta=0.5")
+    p.add_argument("--resume", action="store_true", help="continue a killed stage")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(func=cmd_align)
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="full-ranking HR/NDCG of a trained run")
     p.add_argument("--run", required=True, type=Path, help="run folder written by `ilrec train`")
@@ -182,6 +197,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align(args: argparse.Namespace) -> int:
+    from ilrec.alignment.stage import align
+    from ilrec.config import load_stage_config
+
+    config = load_stage_config(args.from_run, args.config, args.overrides)
+    result = align(config, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ilrec.evaluation.report import evaluate_run
 
@@ -230,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_prepare,
         _add_index,
         _add_train,
+        _add_align,
         _add_evaluate,
         _add_compare,
         _add_train_cf,

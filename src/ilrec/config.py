@@ -336,11 +336,12 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``update``: mappings merge recursively, anything else is replaced."""
+    """``base`` updated by ``update`` section by section: a section's fields are replaced one
+    by one, and a field's value (even a mapping such as ``align.negatives``) as a whole."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+            merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
     return merged
@@ -387,6 +388,44 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return _build(Config, values, "")
     except ConfigError as e:
         raise ConfigError(f"{path or 'config'}: {e}") if path else e from None
+
+
+STAGE_INHERITED = ("data", "model", "objective", "eval")
+"""Sections a stage (``ilrec align``) takes from the run it starts from."""
+
+
+def load_stage_config(
+    from_run: str | Path, path: str | Path | None = None, overrides: list[str] | None = None
+) -> Config:
+    """The config of a stage that starts from the finished run ``from_run``.
+
+    ``data``, ``model`` and ``eval`` come from the run's ``config.yaml`` (so do ``objective``,
+    recording how the start was trained); ``train`` and ``align`` start from the defaults; the
+    stage's YAML file and the overrides apply on top. ``model`` cannot change: the stage
+    continues the saved model.
+    """
+    from_run = Path(from_run)
+    start_file = from_run / "config.yaml"
+    if not start_file.is_file():
+        raise ConfigError(
+            f"--from {from_run}: not a run folder (no config.yaml; expected a folder written "
+            "by `ilrec train` or `ilrec align`)"
+        )
+    start = yaml.safe_load(start_file.read_text()) or {}
+    values = {key: start[key] for key in STAGE_INHERITED if key in start}
+    stage = read_config_values(path) if path is not None else {}
+    stage = apply_overrides(stage, overrides or [])
+    if "model" in stage:
+        raise ConfigError(
+            f"{path or 'overrides'}: a stage continues the model of {from_run}; "
+            "model.* cannot be set here"
+        )
+    values = deep_merge(values, stage)
+    values.setdefault("align", {})["from_run"] = str(from_run)
+    try:
+        return _build(Config, values, "")
+    except ConfigError as e:
+        raise ConfigError(f"{path or 'config'}: {e}") from None
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

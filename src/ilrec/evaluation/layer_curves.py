@@ -44,11 +44,9 @@ def plot_layer_losses(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
     series = layer_loss_series(metrics_jsonl)
     if not series:
         raise ValueError(f"{metrics_jsonl}: no ce_layer_* records (was this an ILRec run?)")
-    import matplotlib
+    from ilrec.evaluation.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     final = max(series)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for layer, (steps, values) in series.items():
@@ -65,10 +63,4 @@ def plot_layer_losses(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
     ax.set_title("per-layer prediction loss")
     ax.legend()
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out_png)
-    return out_png
+    return save_figure(fig, Path(out_png))

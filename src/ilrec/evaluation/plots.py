@@ -1,19 +1,51 @@
-"""Plots of a run: training loss and validation metrics over steps."""
+"""Plots of a run: training loss and validation metrics over steps, and any logged series
+(alignment rewards, GRPO statistics) by panel."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ilrec.runs.files import read_jsonl
 
+log = logging.getLogger(__name__)
 
-def plot_training_curves(metrics_path: Path, out_path: Path) -> Path:
-    """Training loss (and each logged objective component) and validation HR/NDCG@10."""
+ALIGNMENT_PANELS = {
+    "implicit rewards β·(log π − log π_ref)": ["reward_chosen", "reward_rejected"],
+    "reward margin (chosen − rejected)": ["reward_margin"],
+    "preference accuracy": ["reward_accuracy"],
+}
+GRPO_PANELS = {
+    "reward": ["reward_mean", "group_hit_rate"],
+    "KL to the reference (k3)": ["kl"],
+    "clipped share": ["clip_frac"],
+    "seconds per step": ["rollout_seconds", "update_seconds"],
+}
+
+
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, out_path: Path) -> Path:
+    """Write atomically (a temporary file, then rename) and close the figure."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    pyplot().close(fig)
+    tmp.replace(out_path)
+    return out_path
+
+
+def plot_training_curves(metrics_path: Path, out_path: Path) -> Path:
+    """Training loss (and each logged objective component) and validation HR/NDCG@10."""
+    plt = pyplot()
     records = read_jsonl(metrics_path)
     train = [r for r in records if "loss" in r]
     valid = [r for r in records if "eval_ndcg@10" in r]
@@ -30,8 +62,37 @@ def plot_training_curves(metrics_path: Path, out_path: Path) -> Path:
     ax_valid.set_title("validation (full ranking)")
     ax_valid.legend()
     fig.tight_layout()
-    tmp = out_path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out_path)
-    return out_path
+    return save_figure(fig, out_path)
+
+
+def plot_logged_series(
+    metrics_path: Path, panels: dict[str, list[str]], out_path: Path
+) -> Path | None:
+    """One panel per title, one line per logged key, against the step; panels whose keys were
+    never logged are left out (None when none was)."""
+    records = read_jsonl(metrics_path)
+    present = {
+        title: [k for k in keys if any(k in r for r in records)] for title, keys in panels.items()
+    }
+    present = {title: keys for title, keys in present.items() if keys}
+    if not present:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.8), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], present.items(), strict=True):
+        for key in keys:
+            rows = [r for r in records if r.get(key) is not None]
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=key)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out_path)
+
+
+def plot_stage_safely(run_dir: Path, panels: dict[str, list[str]], name: str) -> None:
+    """``plot_logged_series`` into ``run_dir/name``; a failed plot never loses a run."""
+    try:
+        plot_logged_series(run_dir / "metrics.jsonl", panels, run_dir / name)
+    except Exception as e:
+        log.warning("could not plot %s: %s", name, e)

@@ -32,24 +32,31 @@ def _shard() -> tuple[int, int]:
     return 0, 1
 
 
-def rank_sharded(
-    rank_fn: Callable[[list[list[int]]], torch.Tensor], prompts: list[list[int]], k: int
-) -> torch.Tensor:
-    """``LongTensor[U, k]`` from ``rank_fn`` over this rank's users, gathered in order.
-
-    Users are split round-robin over distributed ranks, so each is ranked exactly once.
-    """
+def shard_rows(fn: Callable[[list], torch.Tensor], items: list) -> torch.Tensor:
+    """``fn`` over this rank's share of ``items`` (round-robin), gathered in order: each item
+    is computed exactly once across distributed ranks; ``fn`` returns one row per item."""
     rank, world = _shard()
-    mine = prompts[rank::world]
-    local = rank_fn(mine)[:, :k].cpu() if mine else torch.empty(0, k, dtype=torch.long)
+    mine = items[rank::world]
+    local = fn(mine).cpu() if mine else None
     if world == 1:
+        if local is None:
+            raise ValueError("shard_rows: no items")
         return local
     gathered: list[torch.Tensor | None] = [None] * world
     dist.all_gather_object(gathered, local)
-    ranked = torch.empty(len(prompts), k, dtype=torch.long)
+    first = next(part for part in gathered if part is not None)
+    out = first.new_empty((len(items), *first.shape[1:]))
     for r, part in enumerate(gathered):
-        ranked[r::world] = part
-    return ranked
+        if part is not None:
+            out[r::world] = part
+    return out
+
+
+def rank_sharded(
+    rank_fn: Callable[[list[list[int]]], torch.Tensor], prompts: list[list[int]], k: int
+) -> torch.Tensor:
+    """``LongTensor[U, k]`` from ``rank_fn`` over this rank's users, gathered in order."""
+    return shard_rows(lambda mine: rank_fn(mine)[:, :k], prompts)
 
 
 def make_ranker(

@@ -95,24 +95,39 @@ def max_length(setup: Setup) -> int:
     return 1024
 
 
-def load_trained(run_dir: Path, setup: Setup) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The selected model and tokenizer saved in a run folder."""
+def load_trained(
+    run_dir: Path, setup: Setup | None = None, trainable: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The selected model and tokenizer saved in a run folder.
+
+    Args:
+        run_dir: a finished run (``ilrec train`` or ``ilrec align``).
+        setup: unused; kept for callers that pass the run's setup.
+        trainable: for a later stage: the model in train mode, LoRA adapters kept separate and
+            trainable; otherwise in eval mode with adapters merged (inference).
+    """
+    run_dir = Path(run_dir)
     model_dir = run_dir / "model"
+    if not run_dir.is_dir() or not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(
+            f"{run_dir}: not a run folder (no config.yaml; expected a folder written by "
+            "`ilrec train` or `ilrec align`)"
+        )
     if (
         not (model_dir / "config.json").exists()
         and not (model_dir / "adapter_config.json").exists()
     ):
-        raise FileNotFoundError(f"{model_dir}: no trained model (did `ilrec train` finish?)")
+        raise FileNotFoundError(f"{model_dir}: no trained model (did the run finish?)")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     if (model_dir / "adapter_config.json").exists():
-        model = _load_lora(model_dir, len(tokenizer))
+        model = _load_lora(model_dir, len(tokenizer), trainable)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir)
-    return model.eval(), tokenizer
+    return (model.train() if trainable else model.eval()), tokenizer
 
 
-def _load_lora(model_dir: Path, vocab_size: int) -> PreTrainedModel:
-    """Base model resized to the run's vocabulary, adapter loaded and merged (for inference)."""
+def _load_lora(model_dir: Path, vocab_size: int, trainable: bool) -> PreTrainedModel:
+    """Base model resized to the run's vocabulary, adapter loaded (merged for inference)."""
     import json
 
     from peft import PeftModel
@@ -122,4 +137,5 @@ def _load_lora(model_dir: Path, vocab_size: int) -> PreTrainedModel:
     ]
     base = AutoModelForCausalLM.from_pretrained(base_path)
     base.resize_token_embeddings(vocab_size, mean_resizing=False)
-    return PeftModel.from_pretrained(base, model_dir).merge_and_unload()
+    model = PeftModel.from_pretrained(base, model_dir, is_trainable=trainable)
+    return model if trainable else model.merge_and_unload()

@@ -44,10 +44,18 @@ class FeatureDataset(Dataset):
         return self.features[i]
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> str | None:
-    """The checkpoint to resume from, or None; refuses to silently reuse a run folder."""
+def check_run_dir(
+    run_dir: Path, resume: bool, overwrite: bool, restart_ok: bool = False
+) -> str | None:
+    """The checkpoint to resume from, or None; refuses to silently reuse a run folder.
+
+    ``restart_ok``: a stage whose preparation (negatives, reference log-probabilities) was
+    saved before its first checkpoint resumes from the start, reusing those files.
+    """
     last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
     if resume:
+        if last is None and restart_ok and (run_dir / "config.yaml").exists():
+            return None
         if last is None:
             raise RunExistsError(
                 f"{run_dir}: --resume given but no checkpoint-* folder to resume from"
@@ -111,14 +119,14 @@ class RunStart:
         return self.args.process_index == 0
 
 
-def start_run(config: Config, resume: bool, overwrite: bool) -> RunStart:
+def start_run(config: Config, resume: bool, overwrite: bool, restart_ok: bool = False) -> RunStart:
     """Threads, Trainer arguments (which start the process group when distributed) and the
     run folder check; every rank has checked the folder before any writes into it."""
     set_threads(config.train.threads)
     run_dir = Path(config.train.output_dir)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     args = training_arguments(config, run_dir)
-    checkpoint = check_run_dir(run_dir, resume, overwrite)
+    checkpoint = check_run_dir(run_dir, resume, overwrite, restart_ok)
     barrier()
     return RunStart(run_dir, args, checkpoint, overwrite)
 
@@ -260,6 +268,12 @@ def stop_callbacks(config: Config) -> list[TrainerCallback]:
     if config.train.patience <= 0:
         return []
     return [EarlyStoppingCallback(early_stopping_patience=config.train.patience)]
+
+
+def is_main_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
 
 
 def barrier() -> None:

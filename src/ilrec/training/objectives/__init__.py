@@ -16,6 +16,7 @@ from ilrec.config import Config, ConfigError
 from ilrec.training.objectives.base import ForwardResult, ObjectiveOutput, forward_supervised
 from ilrec.training.objectives.ce import CrossEntropyObjective
 from ilrec.training.objectives.ilrec import ILRecObjective
+from ilrec.training.objectives.preference import PreferenceObjective
 
 __all__ = [
     "OBJECTIVES",
@@ -24,6 +25,7 @@ __all__ = [
     "ForwardResult",
     "ILRecObjective",
     "ObjectiveOutput",
+    "PreferenceObjective",
     "build_objective",
     "forward_supervised",
 ]
@@ -33,6 +35,9 @@ Objective = Callable[[nn.Module, dict], ObjectiveOutput]
 OBJECTIVES: dict[str, Callable[[Config, nn.Module], Objective]] = {
     "ce": lambda config, model: CrossEntropyObjective(),
     "ilrec": lambda config, model: ILRecObjective(config.objective, model),
+    "dpo": lambda config, model: PreferenceObjective(config.align, "dpo"),
+    "sdpo": lambda config, model: PreferenceObjective(config.align, "sdpo"),
+    "rosepo": lambda config, model: PreferenceObjective(config.align, "rosepo"),
 }
 """Objective name -> builder ``(config, model) -> objective``."""
 
