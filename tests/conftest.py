@@ -43,3 +43,21 @@ def _tiny_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
         "eval.batch_size=16",
         *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def cf_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch SASRec on the synthetic dataset (CRR rewards, RosePO's oracle, GRPO's cf reward)."""
+    from ilrec.training.cf import CFConfig, train_cf
+
+    run = tmp_path_factory.mktemp("cf") / "sasrec"
+    config = CFConfig(
+        model="sasrec",
+        embedding_size=16,
+        epochs=1,
+        batch_size=64,
+        progress=False,
+        model_kwargs={"n_layers": 1, "n_heads": 1},
+    )
+    train_cf(config, synthetic_dir, run)
+    return run

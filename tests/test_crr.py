@@ -13,24 +13,9 @@ from ilrec.data.encoding import PaddingCollator
 from ilrec.identifiers.vocab import build_code_tokenizer
 from ilrec.rewards import prefix_rewards
 from ilrec.runs.setup import load_setup, make_encoder
-from ilrec.training.cf import CFConfig, cf_item_probs, load_cf_model, train_cf
+from ilrec.training.cf import cf_item_probs, load_cf_model
 from ilrec.training.crr import CFRewardProvider
 from ilrec.training.run import train
-
-
-@pytest.fixture(scope="module")
-def cf_run(synthetic_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("cf") / "sasrec"
-    config = CFConfig(
-        model="sasrec",
-        embedding_size=16,
-        epochs=1,
-        batch_size=64,
-        progress=False,
-        model_kwargs={"n_layers": 1, "n_heads": 1},
-    )
-    train_cf(config, synthetic_dir, run)
-    return run
 
 
 def test_rewards_follow_the_lm_history(synthetic_dir, cf_run, tiny_overrides, tmp_path):
