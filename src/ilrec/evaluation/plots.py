@@ -19,7 +19,7 @@ GRPO_PANELS = {
     "reward": ["reward_mean", "group_hit_rate"],
     "KL to the reference (k3)": ["kl"],
     "clipped share": ["clip_frac"],
-    "seconds per step": ["rollout_seconds", "update_seconds"],
+    "seconds per step": ["step_seconds", "rollout_seconds"],
 }
 
 

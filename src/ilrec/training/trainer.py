@@ -43,6 +43,12 @@ class RecTrainer(Trainer):
                 self._objective_logs[key].append(value)
         return (out.loss, None) if return_outputs else out.loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        start = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._objective_logs["step_seconds"].append(time.perf_counter() - start)
+        return loss
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._objective_logs:
             for key, values in self._objective_logs.items():

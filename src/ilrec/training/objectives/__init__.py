@@ -13,8 +13,10 @@ from collections.abc import Callable
 from torch import nn
 
 from ilrec.config import Config, ConfigError
+from ilrec.data.encoding import Encoder
 from ilrec.training.objectives.base import ForwardResult, ObjectiveOutput, forward_supervised
 from ilrec.training.objectives.ce import CrossEntropyObjective
+from ilrec.training.objectives.grpo import GRPOObjective
 from ilrec.training.objectives.ilrec import ILRecObjective
 from ilrec.training.objectives.preference import PreferenceObjective
 
@@ -23,6 +25,7 @@ __all__ = [
     "SFT_OBJECTIVES",
     "CrossEntropyObjective",
     "ForwardResult",
+    "GRPOObjective",
     "ILRecObjective",
     "ObjectiveOutput",
     "PreferenceObjective",
@@ -32,14 +35,15 @@ __all__ = [
 
 Objective = Callable[[nn.Module, dict], ObjectiveOutput]
 
-OBJECTIVES: dict[str, Callable[[Config, nn.Module], Objective]] = {
-    "ce": lambda config, model: CrossEntropyObjective(),
-    "ilrec": lambda config, model: ILRecObjective(config.objective, model),
-    "dpo": lambda config, model: PreferenceObjective(config.align, "dpo"),
-    "sdpo": lambda config, model: PreferenceObjective(config.align, "sdpo"),
-    "rosepo": lambda config, model: PreferenceObjective(config.align, "rosepo"),
+OBJECTIVES: dict[str, Callable[[Config, nn.Module, Encoder | None], Objective]] = {
+    "ce": lambda config, model, encoder: CrossEntropyObjective(),
+    "ilrec": lambda config, model, encoder: ILRecObjective(config.objective, model),
+    "dpo": lambda config, model, encoder: PreferenceObjective(config.align, "dpo"),
+    "sdpo": lambda config, model, encoder: PreferenceObjective(config.align, "sdpo"),
+    "rosepo": lambda config, model, encoder: PreferenceObjective(config.align, "rosepo"),
+    "grpo": lambda config, model, encoder: GRPOObjective(config.align, model, encoder),
 }
-"""Objective name -> builder ``(config, model) -> objective``."""
+"""Objective name -> builder ``(config, model, encoder) -> objective``."""
 
 SFT_OBJECTIVES = ("ce", "ilrec")
 """What ``objective.name`` may name (the others are alignment stages: ``align.method``)."""
@@ -51,7 +55,7 @@ def build_objective(name: str, config: Config, model: nn.Module, encoder=None) -
     identifier table, and the LM's history length so the CF model sees the same histories)."""
     if name not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {sorted(OBJECTIVES)}, got {name!r}")
-    objective = OBJECTIVES[name](config, model)
+    objective = OBJECTIVES[name](config, model, encoder)
     if isinstance(objective, ILRecObjective) and config.objective.mu_crr > 0:
         if encoder is None:
             raise ValueError("objective.mu_crr > 0: build_objective needs the encoder")
