@@ -20,7 +20,7 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "prepare", help="build a dataset folder (Amazon 2018 raw files or synthetic)"
+        "prepare", help="build a dataset folder (Amazon 2018 raw files, LastFM or synthetic)"
     )
     kinds = p.add_subparsers(dest="kind", required=True)
     a = kinds.add_parser("amazon", help="raw Amazon Review Data 2018 files -> LC-Rec format")
@@ -40,6 +40,19 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--name", default="Synthetic")
     s.add_argument("--force", action="store_true", help="overwrite existing output files")
     s.set_defaults(func=cmd_prepare_synthetic)
+    f = kinds.add_parser(
+        "lastfm", help="LLaRA/S-DPO LastFM pickles -> LC-Rec format + 20-candidate files"
+    )
+    f.add_argument("--src", required=True, type=Path, help="folder with the *.df, id2name.txt")
+    f.add_argument("--out", required=True, type=Path, help="writes OUT/LastFM")
+    f.add_argument(
+        "--protocol",
+        choices=["rows", "last", "both"],
+        default="both",
+        help="evaluation rows: rows = S-DPO (len_seq >= 3), last = LLaRA's last row per user",
+    )
+    f.add_argument("--force", action="store_true", help="overwrite existing output files")
+    f.set_defaults(func=cmd_prepare_lastfm)
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
@@ -103,6 +116,39 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="evaluate only the first N users (0 = all); results go to eval_<split>_<mode>_first<N>.*",
     )
     p.set_defaults(func=cmd_evaluate)
+
+
+def _add_recommend(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "recommend", help="top-k items for JSONL histories from a trained run (JSONL out)"
+    )
+    p.add_argument("--run", required=True, type=Path, help="run folder written by `ilrec train`")
+    p.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help='JSONL, one {"user": ..., "history": [item, ...]} per line (oldest first)',
+    )
+    p.add_argument("--output", type=Path, default=None, help="output JSONL (default: stdout)")
+    p.add_argument("--k", type=int, default=10, help="items per history")
+    p.add_argument("--mode", choices=["beam", "exact"], default="beam")
+    p.add_argument(
+        "--beams", type=int, default=20, help="beam width in beam mode (as `evaluate --beams`)"
+    )
+    p.add_argument(
+        "--id-type",
+        choices=["internal", "original"],
+        default="internal",
+        help="input item ids: internal 0..n-1, or original ids from X.item2id",
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="report bad input lines on stderr and process the rest (default: fail, write nothing)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing --output file")
+    p.set_defaults(func=cmd_recommend)
 
 
 def _add_train_cf(sub: argparse._SubParsersAction) -> None:
@@ -178,6 +224,14 @@ def cmd_prepare_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_lastfm(args: argparse.Namespace) -> int:
+    from ilrec.data.lastfm import prepare_lastfm
+
+    report = prepare_lastfm(args.src, args.out, protocol=args.protocol, force=args.force)
+    print(report.summary())
+    return 0
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from ilrec.identifiers.index_command import index_dataset
 
@@ -211,6 +265,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ilrec.evaluation.report import evaluate_run
 
     evaluate_run(args.run, args.split, args.mode, args.beams, args.batch_size, args.users)
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from ilrec.serving import recommend_file
+
+    recommend_file(
+        args.run,
+        args.input,
+        args.output,
+        k=args.k,
+        mode=args.mode,
+        id_type=args.id_type,
+        batch_size=args.batch_size,
+        beams=args.beams,
+        skip_bad_lines=args.skip_bad_lines,
+        force=args.force,
+    )
     return 0
 
 
@@ -257,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_align,
         _add_evaluate,
+        _add_recommend,
         _add_compare,
         _add_train_cf,
     ):

@@ -404,14 +404,13 @@ def load_stage_config(
     stage's YAML file and the overrides apply on top. ``model`` cannot change: the stage
     continues the saved model.
     """
-    from_run = Path(from_run)
-    start_file = from_run / "config.yaml"
-    if not start_file.is_file():
-        raise ConfigError(
-            f"--from {from_run}: not a run folder (no config.yaml; expected a folder written "
-            "by `ilrec train` or `ilrec align`)"
-        )
-    start = yaml.safe_load(start_file.read_text()) or {}
+    from ilrec.runs.files import require_run_dir
+
+    try:
+        from_run = require_run_dir(from_run)
+    except FileNotFoundError as e:
+        raise ConfigError(f"--from {e}") from None
+    start = yaml.safe_load((from_run / "config.yaml").read_text()) or {}
     values = {key: start[key] for key in STAGE_INHERITED if key in start}
     stage = read_config_values(path) if path is not None else {}
     stage = apply_overrides(stage, overrides or [])

@@ -249,3 +249,44 @@ def dataset_statistics(data: InteractionData) -> dict[str, float | int]:
         stats["identifier_collisions"] = collision_count(data.codes)
     stats["has_item_texts"] = int(data.items is not None)
     return stats
+
+
+def read_item2id(path: str | Path, n_items: int) -> tuple[str, ...]:
+    """The original id of every item from an ``X.item2id`` file (``ORIGINAL<TAB>id`` lines).
+
+    Args:
+        path: the ``X.item2id`` file.
+        n_items: catalogue size; the file must map ``0..n_items-1`` once each.
+
+    Returns:
+        ``original_ids[item]`` for every internal item id.
+
+    Raises:
+        DataError: naming the file and line of a malformed line, or the ids that are missing,
+            repeated or out of the catalogue.
+    """
+    path = Path(path)
+    originals: list[str | None] = [None] * n_items
+    seen: dict[str, int] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        original, sep, item = line.rpartition("\t")
+        if not sep or not original or not (item.isascii() and item.strip().isdigit()):
+            raise DataError(f"{path}:{number}: expected 'ORIGINAL<TAB>id', got {line!r}")
+        index = int(item)
+        if index >= n_items or originals[index] is not None:
+            problem = "is outside the catalogue" if index >= n_items else "appears twice"
+            raise DataError(f"{path}:{number}: item id {index} {problem} (items 0..{n_items - 1})")
+        if original in seen:
+            raise DataError(
+                f"{path}:{number}: original id {original!r} repeats item {seen[original]}"
+            )
+        originals[index], seen[original] = original, index
+    missing = [i for i, o in enumerate(originals) if o is None]
+    if missing:
+        raise DataError(
+            f"{path}: no original id for items {missing[:5]} (expected 0..{n_items - 1})"
+        )
+    return tuple(o for o in originals if o is not None)

@@ -12,6 +12,7 @@ from ilrec.data.io import atomic_write_json, atomic_write_text
 from ilrec.data.split import popularity_counts
 from ilrec.evaluation.ranking import evaluate_examples, popularity_metrics
 from ilrec.evaluation.result_files import eval_stem, rankings_tsv
+from ilrec.runs.files import require_run_dir
 from ilrec.runs.setup import load_setup, load_trained, make_encoder, set_threads
 
 METRIC_KEYS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10")
@@ -39,7 +40,7 @@ def evaluate_run(
     Writes ``<stem>.json`` / ``.md`` (metrics next to popularity) and ``.rankings.tsv``
     (every user's target and top-``beams`` items), with the stem of :func:`eval_stem`.
     """
-    run_dir = Path(run_dir)
+    run_dir = require_run_dir(run_dir)
     config = load_config(run_dir / "config.yaml")
     set_threads(config.train.threads)
     setup = load_setup(config)

@@ -63,3 +63,26 @@ def write_environment(run_dir: Path) -> None:
     from ilrec.data.io import atomic_write_json
 
     atomic_write_json(run_dir / "environment.json", environment())
+
+
+def require_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path, or a clear error when it is not a run folder.
+
+    Args:
+        run_dir: a folder written by ``ilrec train`` or ``ilrec align``.
+
+    Returns:
+        The folder as a :class:`~pathlib.Path`.
+
+    Raises:
+        FileNotFoundError: ``"<path>: not a run folder (...)"`` when the folder or its
+            ``config.yaml`` is missing.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not (run_dir / "config.yaml").is_file():
+        what = "no config.yaml" if run_dir.is_dir() else "no such folder"
+        raise FileNotFoundError(
+            f"{run_dir}: not a run folder ({what}; expected a folder written by "
+            "`ilrec train` or `ilrec align`)"
+        )
+    return run_dir

@@ -24,6 +24,7 @@ from ilrec.data.split import Splits, leave_one_out
 from ilrec.identifiers.semantic import make_unique
 from ilrec.identifiers.vocab import unique_titles
 from ilrec.models.backbones import BackboneInputs, build_backbone
+from ilrec.runs.files import require_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +107,8 @@ def load_trained(
         trainable: for a later stage: the model in train mode, LoRA adapters kept separate and
             trainable; otherwise in eval mode with adapters merged (inference).
     """
-    run_dir = Path(run_dir)
+    run_dir = require_run_dir(run_dir)
     model_dir = run_dir / "model"
-    if not run_dir.is_dir() or not (run_dir / "config.yaml").exists():
-        raise FileNotFoundError(
-            f"{run_dir}: not a run folder (no config.yaml; expected a folder written by "
-            "`ilrec train` or `ilrec align`)"
-        )
     if (
         not (model_dir / "config.json").exists()
         and not (model_dir / "adapter_config.json").exists()

@@ -1,0 +1,186 @@
+"""Paper Table 5, measured: the cost of ILRec against SFT + an alignment stage.
+
+Runs, on one dataset and backbone, side by side in one invocation (each stage its own process,
+so peak memory is per stage): SFT; ILRec (an SFT run with the ILRec objective: no extra
+stage); and from the same SFT model DPO, S-DPO, RosePO, SPRec and GRPO. Prints per method the
+wall time of every stage and in total, the epochs (SFT + alignment x iterations), the
+negative-sampling passes over the training prompts and the peak resident memory.
+
+    python benchmarks/bench_alignment_cost.py --out /work/runs/cost_syn \\
+        --base configs/demo.yaml --data data/synthetic/Synthetic --sft-epochs 4 --threads 2
+    python benchmarks/bench_alignment_cost.py --out /work/runs/cost_inst \\
+        --base configs/instruments_sft.yaml --data ../shared/data/Instruments \\
+        --sft-epochs 2 --align-examples 20000 --threads 1
+
+Wall times include what each stage does besides its optimizer steps (sampling negatives,
+reference log-probabilities, rollouts, per-epoch validation); ``--valid-users`` keeps the
+validation part small and equal for all stages. Finished stages are not rerun (delete the
+folder to measure again); the table is rebuilt from their ``stage.json`` files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ilrec.data.io import atomic_write_json
+
+# method -> (stage command, config, overrides); "{sft}" is the SFT run folder.
+ALIGN_STAGES = {
+    "DPO": ("configs/align/dpo.yaml", []),
+    "S-DPO": ("configs/align/sdpo.yaml", []),
+    "RosePO": ("configs/align/rosepo.yaml", ["align.oracle_run={cf}"]),
+    "SPRec": ("configs/align/sprec.yaml", []),
+    "RLVR (GRPO)": ("configs/align/grpo.yaml", []),
+}
+
+
+def run_stage(name: str, cmd: list[str], out: Path) -> dict:
+    """Run one stage as a child process; wall time and its own peak RSS (``wait4``)."""
+    record_path = out / f"{name}.stage.json"
+    if record_path.exists():
+        return json.loads(record_path.read_text())
+    log = out / f"{name}.log"
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"stage {name} failed: see {log}")
+    record = {"wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "cmd": cmd}
+    atomic_write_json(record_path, record)
+    return record
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "train_summary.json").read_text())
+
+
+def sampling_passes(method: str, run_dir: Path) -> int:
+    if method == "SPRec":
+        return summary(run_dir)["sampling_passes"]
+    if method == "RLVR (GRPO)":
+        s = summary(run_dir)
+        return round(s["epochs"] / s.get("inner_steps", 1))  # one rollout pass per epoch
+    return 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--base", type=Path, required=True, help="SFT config (data, model)")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--sft-epochs", type=float, default=4)
+    parser.add_argument("--align-epochs", type=float, default=1)
+    parser.add_argument("--align-examples", type=int, default=0, help="0 = all prompts")
+    parser.add_argument("--valid-users", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cf-epochs", type=int, default=5)
+    parser.add_argument("--methods", nargs="*", default=["SFT", "ILRec", *ALIGN_STAGES])
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    py = [sys.executable, "-m", "ilrec.cli"]
+    common = [f"data.path={args.data}", f"data.valid_users={args.valid_users}"]
+    threads = f"train.threads={args.threads}"
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+
+    sft, ilrec, cf = args.out / "sft", args.out / "ilrec", args.out / "cf_sasrec"
+    train = [*py, "train", "-c", str(args.base), *common, threads]
+    epochs = f"train.epochs={args.sft_epochs}"
+    stages: dict[str, dict] = {}
+    stages["SFT"] = run_stage("sft", [*train, epochs, f"train.output_dir={sft}"], args.out)
+    if "ILRec" in args.methods:
+        cmd = [*train, epochs, f"train.output_dir={ilrec}", "objective.name=ilrec"]
+        stages["ILRec"] = run_stage("ilrec", cmd, args.out)
+    if "RosePO" in args.methods:  # RosePO's preference oracle, not counted as its cost
+        cmd = [*py, "train-cf", "-c", "configs/cf/sasrec.yaml", "--data", args.data]
+        run_stage("cf", [*cmd, "--out", str(cf), f"epochs={args.cf_epochs}"], args.out)
+
+    rows = [_row("SFT", stages["SFT"], summary(sft), None, 0)]
+    if "ILRec" in stages:
+        rows.append(_row("ILRec", stages["ILRec"], summary(ilrec), None, 0))
+    for method, (config, extra) in ALIGN_STAGES.items():
+        if method not in args.methods:
+            continue
+        run_dir = args.out / method.split()[0].lower().replace("-", "")
+        cmd = [*py, "align", "--from", str(sft), "-c", config, threads]
+        cmd += [f"train.output_dir={run_dir}", f"train.epochs={args.align_epochs}"]
+        cmd += [f"align.examples={args.align_examples}"]
+        cmd += [x.replace("{cf}", str(cf)) for x in extra]
+        record = run_stage(run_dir.name, cmd, args.out)
+        rows.append(
+            _row(method, stages["SFT"], summary(run_dir), record, sampling_passes(method, run_dir))
+        )
+    table = _table(rows, args)
+    print(table)
+    (args.out / "table5.md").write_text(table + "\n")
+
+
+def _row(method: str, sft: dict, run_summary: dict, stage: dict | None, passes: int) -> dict:
+    sft_summary_epochs = None
+    if stage is None:  # SFT or ILRec: one stage
+        return {
+            "method": method,
+            "sft_seconds": sft["wall_seconds"] if method == "SFT" else None,
+            "stage_seconds": None if method == "SFT" else sft["wall_seconds"],
+            "wall_seconds": sft["wall_seconds"],
+            "epochs": f"{run_summary['epochs']:g}",
+            "passes": passes,
+            "peak_mb": sft["peak_rss_mb"],
+        }
+    sft_summary_epochs = json.loads(
+        (Path(run_summary["from_run"]) / "train_summary.json").read_text()
+    )["epochs"]
+    align_epochs = run_summary["epochs"]
+    iterations = run_summary.get("iterations")
+    epochs = f"{sft_summary_epochs + align_epochs:g} ({sft_summary_epochs:g} + " + (
+        f"{iterations} x {align_epochs / iterations:g})" if iterations else f"{align_epochs:g})"
+    )
+    return {
+        "method": method,
+        "sft_seconds": sft["wall_seconds"],
+        "stage_seconds": stage["wall_seconds"],
+        "wall_seconds": sft["wall_seconds"] + stage["wall_seconds"],
+        "epochs": epochs,
+        "passes": passes,
+        "peak_mb": max(sft["peak_rss_mb"], stage["peak_rss_mb"]),
+    }
+
+
+def _table(rows: list[dict], args: argparse.Namespace) -> str:
+    base = next(r for r in rows if r["method"] == "SFT")["wall_seconds"]
+    lines = [
+        f"data {args.data}, SFT {args.sft_epochs:g} epochs, alignment {args.align_epochs:g} "
+        f"epoch(s) on {args.align_examples or 'all'} prompts, {args.threads} thread(s)",
+        "",
+        "| method | SFT stage | extra stage | total | total / SFT | epochs | sampling passes "
+        "| peak RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [
+            r["method"],
+            _minutes(r["sft_seconds"]),
+            _minutes(r["stage_seconds"]),
+            _minutes(r["wall_seconds"]),
+            f"{r['wall_seconds'] / base:.2f}x",
+            r["epochs"],
+            str(r["passes"]),
+            f"{r['peak_mb']:.0f} MB",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+if __name__ == "__main__":
+    main()
