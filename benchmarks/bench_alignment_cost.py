@@ -103,7 +103,7 @@ def main() -> None:
         run_stage("cf", [*cmd, "--out", str(cf), f"epochs={args.cf_epochs}"], args.out)
 
     rows = [_row("SFT", stages["SFT"], summary(sft), None, 0)]
-    if "ILRec" in stages:
+    if "ILRec" in stages:  # its "SFT stage" is the ILRec training run
         rows.append(_row("ILRec", stages["ILRec"], summary(ilrec), None, 0))
     for method, (config, extra) in ALIGN_STAGES.items():
         if method not in args.methods:
@@ -123,12 +123,11 @@ def main() -> None:
 
 
 def _row(method: str, sft: dict, run_summary: dict, stage: dict | None, passes: int) -> dict:
-    sft_summary_epochs = None
-    if stage is None:  # SFT or ILRec: one stage
+    if stage is None:  # SFT, or ILRec: its objective replaces SFT's, no extra stage
         return {
             "method": method,
-            "sft_seconds": sft["wall_seconds"] if method == "SFT" else None,
-            "stage_seconds": None if method == "SFT" else sft["wall_seconds"],
+            "sft_seconds": sft["wall_seconds"],
+            "stage_seconds": None,
             "wall_seconds": sft["wall_seconds"],
             "epochs": f"{run_summary['epochs']:g}",
             "passes": passes,
@@ -159,7 +158,8 @@ def _table(rows: list[dict], args: argparse.Namespace) -> str:
         f"data {args.data}, SFT {args.sft_epochs:g} epochs, alignment {args.align_epochs:g} "
         f"epoch(s) on {args.align_examples or 'all'} prompts, {args.threads} thread(s)",
         "",
-        "| method | SFT stage | extra stage | total | total / SFT | epochs | sampling passes "
+        "| method | SFT (ILRec: its own) stage | alignment stage | total | total / SFT | epochs "
+        "| sampling passes "
         "| peak RSS |",
         "|---|---|---|---|---|---|---|---|",
     ]
