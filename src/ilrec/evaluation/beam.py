@@ -3,7 +3,10 @@
 A batched walk of the :class:`~ilrec.identifiers.trie.PrefixTrie` with the model's KV cache:
 the prompts of a batch are left-padded and run once, then every step feeds one token per beam,
 masks the logits outside each beam's trie children, and keeps the ``num_beams`` best
-candidates per user over (beam x vocabulary). A beam whose prefix is a complete identifier is
+candidates per user over (beam x vocabulary). The cache holds one row per user, never a copy
+of the prompt per beam: a step's beam tokens are appended to their user's row and a 4-D mask
+("tree attention", as in exact scoring) lets each beam attend to the prompt and its own
+lineage, so reselecting beams moves no cache. A beam whose prefix is a complete identifier is
 finished: it keeps its slot and its score, and competes with the running beams' expansions
 (variable-length identifiers). The score of an item is the sum of the full-vocabulary
 log-softmax of its tokens (un-renormalised, like Hugging Face beam scores with
@@ -108,12 +111,19 @@ def _search_batch(
     pad_token_id: int,
     device: torch.device,
 ) -> tuple[Tensor, Tensor]:
-    """Beam search for one batch of ``U`` users; returns ``items[U, B]``, ``scores[U, B]``."""
-    ids, mask, positions = left_pad(prompts, pad_token_id, device)
-    n_users = ids.shape[0]
+    """Beam search for one batch of ``U`` users; returns ``items[U, B]``, ``scores[U, B]``.
+
+    The KV cache keeps one row per *user*: the prompt is never copied per beam. Each step
+    feeds the B beams' tokens as B new positions of the user's row, with a 4-D mask that
+    lets a beam see the prompt, its own ancestors' tokens and itself ("tree attention"), so
+    no cache is reordered when beams are reselected; only the beams' lineages (cache
+    columns) are.
+    """
+    ids, prompt_mask, positions = left_pad(prompts, pad_token_id, device)
+    n_users, width = ids.shape
     out = model(
         input_ids=ids,
-        attention_mask=mask,
+        attention_mask=prompt_mask,
         position_ids=positions,
         use_cache=True,
         **last_logits_kwargs(model),
@@ -123,30 +133,41 @@ def _search_batch(
     nodes = torch.zeros(n_users, 1, dtype=torch.long, device=device)  # all beams at the root
     scores = torch.zeros(n_users, 1, device=device)
     next_pos = positions[:, -1] + 1  # [U] position of the first identifier token
+    lineage = torch.zeros(n_users, 1, 0, dtype=torch.long, device=device)  # [U, b, steps]
+    dtype = next(model.parameters()).dtype
+    blocked = torch.finfo(dtype).min
+    prompt_part = torch.zeros(n_users, width, dtype=dtype, device=device)
+    prompt_part = prompt_part.masked_fill(prompt_mask == 0, blocked)[:, None, None]
+    beam_ids = torch.arange(num_beams, device=device)
+    step = 0
     while True:
         nodes, scores, src = _select(trie, nodes, scores, log_probs, num_beams)
         if bool(((trie.item_at(nodes.reshape(-1)) >= 0) | scores.reshape(-1).isinf()).all()):
             break
-        n_src = log_probs.shape[1]
-        flat_src = (torch.arange(n_users, device=device)[:, None] * n_src + src).reshape(-1)
-        cache.reorder_cache(flat_src)
-        ones = torch.ones(flat_src.numel(), 1, dtype=mask.dtype, device=device)
-        mask = torch.cat([mask.index_select(0, flat_src), ones], dim=1)
+        # the new beams' lineages: their parents' columns, then their own at this step
+        parents = lineage.gather(1, src[..., None].expand(-1, -1, lineage.shape[2]))
+        own = (step * num_beams + beam_ids).expand(n_users, -1)[..., None]
+        lineage = torch.cat([parents, own], dim=2)  # [U, B, step + 1], columns after the prompt
+        seen = torch.zeros(
+            n_users, num_beams, (step + 1) * num_beams, dtype=torch.bool, device=device
+        )
+        seen.scatter_(2, lineage, True)
+        tree = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, blocked)
+        mask = torch.cat([prompt_part.expand(-1, 1, num_beams, -1), tree[:, None]], dim=-1)
         # Finished and dead beams are fed a dummy token: their logits are never used again.
         tokens = trie.node_token[nodes.clamp(min=0)]
         tokens = torch.where((tokens >= 0) & (nodes >= 0), tokens, pad_token_id)
-        step_pos = next_pos.repeat_interleave(num_beams)[:, None]
         out = model(
-            input_ids=tokens.reshape(-1, 1),
+            input_ids=tokens,
             attention_mask=mask,
-            position_ids=step_pos,
+            position_ids=next_pos[:, None].expand(-1, num_beams),
             cache=cache,
             use_cache=True,
         )
         cache = out.cache
         next_pos = next_pos + 1
-        log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        log_probs = log_probs.reshape(n_users, num_beams, -1)
+        log_probs = torch.log_softmax(out.logits.float(), dim=-1)  # [U, B, V]
+        step += 1
     return _finalize(trie, nodes, scores)
 
 
