@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
@@ -61,3 +62,37 @@ def cf_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     )
     train_cf(config, synthetic_dir, run)
     return run
+
+
+FORMATS = {
+    "sequence": [],
+    "prompt": ["data.format=prompt"],
+    "title": ["data.format=title", "data.identifier=title"],
+}
+"""Overrides of the three data formats (semantic IDs in sequence / prompt format, titles)."""
+
+
+@pytest.fixture(scope="session")
+def sft_runs(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A finished 4-step tiny SFT run per format: the starting points of later stages."""
+    from ilrec.config import load_config
+    from ilrec.training.run import train
+
+    root = tmp_path_factory.mktemp("sft")
+    runs = {}
+    for fmt, extra in FORMATS.items():
+        runs[fmt] = root / fmt
+        overrides = _tiny_overrides(synthetic_dir, runs[fmt], "train.max_steps=4", *extra)
+        train(load_config(None, overrides))
+    return runs
+
+
+class KillAt(TrainerCallback):
+    """Raises KeyboardInterrupt at the end of optimizer step ``step`` (a killed run)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt

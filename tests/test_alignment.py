@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 
+from conftest import FORMATS, KillAt
 from ilrec.alignment import negatives as negatives_module
 from ilrec.alignment.negatives import NegativeContext, excluded_mask, sample_negatives
 from ilrec.alignment.pairs import PairSet, build_pairs, pair_features, responses
@@ -21,26 +21,6 @@ from ilrec.data.split import popularity_counts
 from ilrec.models.scoring import score_responses
 from ilrec.runs.setup import load_setup, load_trained, make_encoder
 from ilrec.training.run import RunExistsError, train
-
-FORMATS = {
-    "sequence": [],
-    "prompt": ["data.format=prompt"],
-    "title": ["data.format=title", "data.identifier=title"],
-}
-
-
-@pytest.fixture(scope="module")
-def sft_runs(synthetic_dir, tmp_path_factory):
-    """A 3-step tiny SFT run per format: the starting points of the stages."""
-    from conftest import _tiny_overrides
-
-    root = tmp_path_factory.mktemp("sft")
-    runs = {}
-    for fmt, extra in FORMATS.items():
-        run = root / fmt
-        train(load_config(None, _tiny_overrides(synthetic_dir, run, "train.max_steps=3", *extra)))
-        runs[fmt] = run
-    return runs
 
 
 def _stage(from_run: Path, out: Path, *overrides: str):
@@ -218,15 +198,6 @@ def test_stage_config_keeps_the_model_and_refuses_to_change_it(sft_runs, tmp_pat
 
 
 # -- resume --------------------------------------------------------------------------------------
-
-
-class KillAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_killed_alignment_run_resumes_to_the_same_result(sft_runs, tmp_path):

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 
+from conftest import FORMATS, KillAt
 from ilrec.alignment.grpo import rollout_order
 from ilrec.alignment.stage import align
 from ilrec.config import ConfigError, load_config, load_stage_config
@@ -25,29 +25,7 @@ from ilrec.rl.rollouts import (
 )
 from ilrec.runs.setup import load_setup, load_trained, make_encoder
 from ilrec.training.objectives.grpo import GRPOObjective
-from ilrec.training.run import RunExistsError, train
-
-FORMATS = {
-    "sequence": [],
-    "prompt": ["data.format=prompt"],
-    "title": ["data.format=title", "data.identifier=title"],
-}
-
-
-@pytest.fixture(scope="module")
-def sft_runs(synthetic_dir, tmp_path_factory):
-    from conftest import _tiny_overrides
-
-    root = tmp_path_factory.mktemp("grpo_sft")
-    runs = {}
-    for fmt, extra in FORMATS.items():
-        runs[fmt] = root / fmt
-        train(
-            load_config(
-                None, _tiny_overrides(synthetic_dir, runs[fmt], "train.max_steps=4", *extra)
-            )
-        )
-    return runs
+from ilrec.training.run import RunExistsError
 
 
 def _loaded(run):
@@ -224,15 +202,6 @@ def test_reasoning_grpo_trains_in_the_prompt_format_and_is_refused_in_sequence(s
     assert any("rationale_tokens" in r for r in records)
     with pytest.raises(ConfigError, match="text format"):
         align(_stage(sft_runs["sequence"], tmp_path / "no", "align.reasoning_tokens=4"))
-
-
-class KillAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("rollout", ["beam", "sample"])

@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import KillAt
 from ilrec.config import load_config
 from ilrec.evaluation.report import evaluate_run
 from ilrec.evaluation.result_files import read_rankings
@@ -123,17 +124,6 @@ def test_smoke_smollm2(synthetic_dir, tmp_path, tiny_overrides):
     )
     train(load_config(None, overrides))
     assert (run / "model" / "config.json").exists()
-
-
-class KillAt(TrainerCallback):
-    """Simulates a run killed at a given step (after earlier checkpoints were written)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides):

@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
-from ilrec.alignment.stage import training_examples
+from ilrec.alignment.stage import open_stage, training_examples
 from ilrec.config import Config, ConfigError
 from ilrec.evaluation.plots import GRPO_PANELS, plot_stage_safely
-from ilrec.runs.setup import load_setup, load_trained, make_encoder
 from ilrec.training.objectives import build_objective
-from ilrec.training.run import fit, start_run, validation_ranker, write_run_files
+from ilrec.training.run import fit, validation_ranker
 
 __all__ = ["RolloutCollator", "run_grpo"]
 
@@ -70,12 +68,8 @@ def run_grpo(
         )
     if config.train.grad_accum != 1:
         raise ConfigError("align.method=grpo: use train.grad_accum=1 (one rollout batch per step)")
-    start = start_run(config, resume, overwrite, restart_ok=True)
+    start, setup, model, encoder = open_stage(config, resume, overwrite)
     start.args.train_sampling_strategy = "sequential"  # batches arrive as rollout_order made them
-    setup = load_setup(config)
-    model, tokenizer = load_trained(Path(config.align.from_run), trainable=True)
-    encoder = make_encoder(setup, tokenizer)
-    write_run_files(start, config, tokenizer)
     examples = training_examples(setup, config.align.examples, config.align.seed)
     order = rollout_order(
         len(examples), config.train.batch_size, config.align.inner_steps, config.align.seed

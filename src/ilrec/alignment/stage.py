@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -33,7 +34,7 @@ from ilrec.runs.setup import Setup, load_setup, load_trained, make_encoder
 from ilrec.training.objectives import build_objective
 from ilrec.training.run import RunStart, fit, start_run, validation_ranker, write_run_files
 
-__all__ = ["align", "run_continued_sft", "run_preference", "training_examples"]
+__all__ = ["align", "open_stage", "run_continued_sft", "run_preference", "training_examples"]
 
 
 def align(
@@ -57,6 +58,18 @@ def align(
 
         return run_grpo(config, resume, overwrite, callbacks)
     return run_preference(config, resume, overwrite, callbacks)
+
+
+def open_stage(config: Config, resume: bool, overwrite: bool) -> tuple[RunStart, Setup, Any, Any]:
+    """A stage's run folder (checked; restartable before its first checkpoint), the data, the
+    starting run's model (trainable, LoRA adapters kept) and the encoder; writes the run's
+    config, environment and tokenizer."""
+    start = start_run(config, resume, overwrite, restart_ok=True)
+    setup = load_setup(config)
+    model, tokenizer = load_trained(Path(config.align.from_run), trainable=True)
+    encoder = make_encoder(setup, tokenizer)
+    write_run_files(start, config, tokenizer)
+    return start, setup, model, encoder
 
 
 def training_examples(setup: Setup, n: int, seed: int) -> list[Example]:
@@ -86,11 +99,7 @@ def run_preference(
 ) -> dict[str, float]:
     """DPO / S-DPO / RosePO from ``align.from_run`` (``pairs`` and ``examples`` given by a
     caller such as SPRec, or sampled here and saved for a resumed run)."""
-    start = start_run(config, resume, overwrite, restart_ok=True)
-    setup = load_setup(config)
-    model, tokenizer = load_trained(Path(config.align.from_run), trainable=True)
-    encoder = make_encoder(setup, tokenizer)
-    write_run_files(start, config, tokenizer)
+    start, setup, model, encoder = open_stage(config, resume, overwrite)
     if examples is None:
         examples = training_examples(setup, config.align.examples, config.align.seed)
     clock = time.perf_counter()
@@ -136,11 +145,7 @@ def run_continued_sft(
 
     from ilrec.data.encoding import PaddingCollator
 
-    start = start_run(config, resume, overwrite, restart_ok=True)
-    setup = load_setup(config)
-    model, tokenizer = load_trained(Path(config.align.from_run), trainable=True)
-    encoder = make_encoder(setup, tokenizer)
-    write_run_files(start, config, tokenizer)
+    start, setup, model, encoder = open_stage(config, resume, overwrite)
     rng = random.Random(config.train.seed)
     features = [encoder.encode_example(e, rng.randrange(encoder.n_paraphrases)) for e in examples]
     return fit(
@@ -149,7 +154,7 @@ def run_continued_sft(
         model,
         build_objective("ce", config, model, encoder),
         features,
-        PaddingCollator(tokenizer.pad_token_id),
+        PaddingCollator(encoder.tokenizer.pad_token_id),
         validation_ranker(config, setup.splits.valid, encoder),
         callbacks,
         {"method": "sft", "from_run": config.align.from_run, "examples": len(examples)},
