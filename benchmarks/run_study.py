@@ -5,7 +5,8 @@
 A study file holds ``root`` (where run folders go; ``{root}`` in any argument is replaced by
 it), optional ``env`` (environment variables, e.g. ``OMP_NUM_THREADS: "1"``) and ``steps``:
 each step is ``{name, args, done}`` where ``args`` are the arguments of ``ilrec`` and ``done``
-the file whose existence marks the step finished. A finished step is never redone; a `train`
+the file whose existence marks the step finished; an optional ``after`` names a file another
+study writes (e.g. the SFT run this stage starts from): the step waits until it exists. A finished step is never redone; a `train`
 or `align` step whose run folder holds a checkpoint is continued with ``--resume``; a step
 that fails stops the study (its output is in ``{root}/logs/<name>.log``). Kill the study at
 any time and start it again: it picks up where it stopped.
@@ -25,11 +26,11 @@ import yaml
 RESUMABLE = ("train", "align")
 
 
-def load_study(path: Path) -> dict:
+def load_study(path: Path, root: str | None = None) -> dict:
     study = yaml.safe_load(path.read_text())
     if not isinstance(study, dict) or "root" not in study or "steps" not in study:
         raise SystemExit(f"{path}: expected a mapping with 'root' and 'steps'")
-    root = str(study["root"])
+    root = study["root"] = str(root or study["root"])
     names = set()
     for i, step in enumerate(study["steps"]):
         missing = {"name", "args", "done"} - set(step)
@@ -40,6 +41,8 @@ def load_study(path: Path) -> dict:
         names.add(step["name"])
         step["args"] = [str(a).replace("{root}", root) for a in step["args"]]
         step["done"] = str(step["done"]).replace("{root}", root)
+        if "after" in step:
+            step["after"] = str(step["after"]).replace("{root}", root)
     return study
 
 
@@ -55,12 +58,20 @@ def has_checkpoint(folder: Path | None) -> bool:
     return folder is not None and folder.is_dir() and any(folder.glob("checkpoint-*"))
 
 
+def _wait_for(path: Path, name: str, poll_seconds: int = 60) -> None:
+    if not path.exists():
+        print(f"[wait] {name}: until {path} exists", flush=True)
+    while not path.exists():
+        time.sleep(poll_seconds)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path)
     parser.add_argument("--dry-run", action="store_true", help="print what would run")
+    parser.add_argument("--root", help="where run folders go (overrides the study's root)")
     args = parser.parse_args()
-    study = load_study(args.study)
+    study = load_study(args.study, args.root)
     root = Path(study["root"])
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -69,6 +80,8 @@ def main() -> int:
         if Path(step["done"]).exists():
             print(f"[done] {step['name']}")
             continue
+        if "after" in step and not args.dry_run:
+            _wait_for(Path(step["after"]), step["name"])
         cmd = [sys.executable, "-m", "ilrec.cli", *step["args"]]
         if step["args"][0] in RESUMABLE and has_checkpoint(run_folder(step["args"])):
             cmd.append("--resume")

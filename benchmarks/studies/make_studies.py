@@ -1,0 +1,183 @@
+"""Write the study files of the Instruments experiments (run them with run_study.py).
+
+    python benchmarks/studies/make_studies.py
+    python benchmarks/run_study.py benchmarks/studies/instruments_sft.yaml --root /work/runs/instruments
+    python benchmarks/run_study.py benchmarks/studies/instruments_alignment.yaml --root /work/runs/instruments
+
+``instruments_sft.yaml``: the converged SFT runs (3 seeds), then ILRec as in the paper with
+the same protocol (3 seeds), each evaluated on the whole validation and test splits (beam).
+``instruments_alignment.yaml``: every alignment method from the SFT run of seed 0 with a small
+validation grid (phase 1), evaluated on the whole validation split; the validation-selected
+configuration of each method then runs from seeds 1 and 2 (phase 2: regenerate with
+``--selected method=tag ...`` once phase 1 has run) and everything selected is evaluated on
+test (beam, all users; exact, the first 1,000 users).
+The CF model (RosePO's oracle, ILRec's CRR reward) is ``{root}/cf/sasrec``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+SEEDS = (0, 1, 2)
+ALIGN_EXAMPLES = 30_000  # training prompts per alignment run (a seeded subsample of 131,984)
+
+# method -> config, common overrides, {tag: grid point overrides}; the first tag is the
+# official setting at the lower learning rate.
+GRID = {
+    "dpo": (
+        "dpo",
+        [],
+        {
+            "b0.1_lr1e-4": ["align.beta=0.1", "train.lr=1e-4"],
+            "b0.1_lr5e-4": ["align.beta=0.1", "train.lr=5e-4"],
+            "b0.5_lr1e-4": ["align.beta=0.5", "train.lr=1e-4"],
+        },
+    ),
+    "sdpo": (
+        "sdpo",
+        [],
+        {
+            "b1_lr1e-4": ["align.beta=1.0", "train.lr=1e-4"],
+            "b1_lr5e-4": ["align.beta=1.0", "train.lr=5e-4"],
+            "b0.1_lr1e-4": ["align.beta=0.1", "train.lr=1e-4"],
+        },
+    ),
+    "rosepo": (
+        "rosepo",
+        ["align.oracle_run={root}/cf/sasrec"],
+        {
+            "b0.1_lr1e-4": ["align.beta=0.1", "train.lr=1e-4"],
+            "b0.1_lr5e-4": ["align.beta=0.1", "train.lr=5e-4"],
+        },
+    ),
+    "sprec": (
+        "sprec",
+        ["align.examples=10000"],
+        {
+            "lr1e-4": ["train.lr=1e-4"],
+            "lr5e-4": ["train.lr=5e-4"],
+        },
+    ),
+    "grpo": (
+        "grpo",
+        ["align.examples=20000", "train.eval_every=400"],
+        {
+            "lr1e-4": ["train.lr=1e-4"],
+            "lr1e-5": ["train.lr=1e-5"],
+        },
+    ),
+}
+
+
+def step(name: str, args: list[str], done: str, after: str | None = None) -> dict:
+    record = {"name": name, "args": args, "done": done}
+    if after:
+        record["after"] = after
+    return record
+
+
+def evaluate(run: str, split: str, mode: str = "beam", users: int = 0) -> dict:
+    args = ["evaluate", "--run", run, "--split", split, "--mode", mode]
+    args += ["--batch-size", "4" if mode == "exact" else "32"]
+    stem = f"eval_{split}_{mode}"
+    if users:
+        args += ["--users", str(users)]
+        stem += f"_first{users}"
+    name = f"{Path(run).name}_{split}_{mode}" + (f"_{users}" if users else "")
+    return step(name, args, f"{run}/{stem}.json")
+
+
+def sft_study() -> dict:
+    steps = []
+    for kind, config in (("sft", "instruments_sft"), ("ilrec", "instruments_ilrec")):
+        for seed in SEEDS:
+            run = f"{{root}}/{kind}_s{seed}"
+            args = ["train", "-c", f"configs/study/{config}.yaml", f"train.seed={seed}"]
+            args += [f"train.output_dir={run}"]
+            after = None
+            if kind == "ilrec":
+                args.append("objective.cf_run={root}/cf/sasrec")
+                after = "{root}/cf/sasrec/final.json"
+            steps.append(step(f"{kind}_s{seed}", args, f"{run}/train_summary.json", after))
+            steps.append(evaluate(run, "valid"))
+            steps.append(evaluate(run, "test"))
+            steps.append(evaluate(run, "test", "exact", 1000))
+    return {
+        "root": "runs/instruments",
+        "env": {"OMP_NUM_THREADS": "1"},
+        "steps": steps,
+    }
+
+
+def align_run(method: str, tag: str, seed: int) -> tuple[str, list[str]]:
+    config, common, grid = GRID[method]
+    run = f"{{root}}/align/{method}_{tag}_s{seed}"
+    args = ["align", "--from", f"{{root}}/sft_s{seed}", "-c", f"configs/align/{config}.yaml"]
+    args += [f"train.output_dir={run}", f"train.seed={seed}", f"align.seed={seed}"]
+    args += ["train.threads=1", f"align.examples={ALIGN_EXAMPLES}", *common, *grid[tag]]
+    return run, args
+
+
+def alignment_study(selected: dict[str, str]) -> dict:
+    steps = []
+    # phase 1: the grid on seed 0, official settings first
+    for rank in range(max(len(g[2]) for g in GRID.values())):
+        for method, (_, _, grid) in GRID.items():
+            tags = list(grid)
+            if rank >= len(tags):
+                continue
+            run, args = align_run(method, tags[rank], 0)
+            after = "{root}/cf/sasrec/final.json" if method == "rosepo" else None
+            steps.append(
+                step(
+                    f"{method}_{tags[rank]}_s0",
+                    args,
+                    f"{run}/train_summary.json",
+                    after or "{root}/sft_s0/train_summary.json",
+                )
+            )
+            steps.append(evaluate(run, "valid"))
+    # phase 2: the selected point of each method from every seed, on test
+    for method, tag in selected.items():
+        for seed in SEEDS:
+            run, args = align_run(method, tag, seed)
+            if seed:
+                steps.append(
+                    step(
+                        f"{method}_{tag}_s{seed}",
+                        args,
+                        f"{run}/train_summary.json",
+                        f"{{root}}/sft_s{seed}/train_summary.json",
+                    )
+                )
+                steps.append(evaluate(run, "valid"))
+            steps.append(evaluate(run, "test"))
+            steps.append(evaluate(run, "test", "exact", 1000))
+    return {"root": "runs/instruments", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
+
+
+def write(name: str, header: str, study: dict) -> None:
+    text = header + yaml.safe_dump(study, sort_keys=False, width=200)
+    (HERE / name).write_text(text)
+    print(f"wrote {HERE / name} ({len(study['steps'])} steps)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--selected", nargs="*", default=[], help="method=tag after phase 1")
+    args = parser.parse_args()
+    selected = dict(item.split("=", 1) for item in args.selected)
+    for method, tag in selected.items():
+        if method not in GRID or tag not in GRID[method][2]:
+            raise SystemExit(f"--selected {method}={tag}: not in the grid")
+    note = "# Generated by benchmarks/studies/make_studies.py; edit that script, not this file.\n"
+    write("instruments_sft.yaml", note, sft_study())
+    write("instruments_alignment.yaml", note, alignment_study(selected))
+
+
+if __name__ == "__main__":
+    main()
