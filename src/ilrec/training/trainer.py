@@ -43,6 +43,13 @@ class RecTrainer(Trainer):
                 self._objective_logs[key].append(value)
         return (out.loss, None) if return_outputs else out.loss
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """Tied weights (the LM head of tied-embedding models) are not saved separately, so
+        they are "missing" from every checkpoint by design: not worth a warning."""
+        tied = tied_parameter_names(self.model)
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -67,6 +74,14 @@ class RecTrainer(Trainer):
             self.args, self.state, self.control, metrics
         )
         return metrics
+
+
+def tied_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Names of parameters that share their tensor with another parameter."""
+    by_tensor: dict[int, list[str]] = defaultdict(list)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_tensor[id(param)].append(name)
+    return {name for names in by_tensor.values() if len(names) > 1 for name in names}
 
 
 class JsonlLogger(TrainerCallback):
