@@ -106,9 +106,10 @@ def hf_generate(model, prompts, trie, num_beams, batch_size, pad, eos) -> torch.
         eos_token_id=eos,
     )
     out = []
+    device = next(model.parameters()).device  # inputs follow the model (GPU runs)
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
-            ids, mask, _ = left_pad(prompts[start : start + batch_size], pad)
+            ids, mask, _ = left_pad(prompts[start : start + batch_size], pad, device)
             width = ids.shape[1]
             seqs = model.generate(
                 input_ids=ids,
@@ -116,7 +117,7 @@ def hf_generate(model, prompts, trie, num_beams, batch_size, pad, eos) -> torch.
                 generation_config=config,
                 prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(trie, width, end_token_id=eos),
             )
-            out.append(trie.match(seqs[:, width:]).reshape(ids.shape[0], num_beams))
+            out.append(trie.match(seqs[:, width:]).reshape(ids.shape[0], num_beams).cpu())
     return torch.cat(out)
 
 

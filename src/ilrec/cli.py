@@ -53,6 +53,16 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     )
     f.add_argument("--force", action="store_true", help="overwrite existing output files")
     f.set_defaults(func=cmd_prepare_lastfm)
+    c = kinds.add_parser(
+        "candidates",
+        help="20-candidate files (S-DPO's sampler) for an LC-Rec dataset's leave-one-out split",
+    )
+    c.add_argument("--data", required=True, type=Path, help="dataset folder (read only)")
+    c.add_argument("--out", required=True, type=Path, help="writes OUT/<X>.candidates.*.jsonl")
+    c.add_argument("--n", type=int, default=20, help="candidates per row (target included)")
+    c.add_argument("--max-history", type=int, default=20, help="history items kept per row")
+    c.add_argument("--force", action="store_true", help="overwrite existing output files")
+    c.set_defaults(func=cmd_prepare_candidates)
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
@@ -97,15 +107,18 @@ def _add_align(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="full-ranking HR/NDCG of a trained run")
+    p = sub.add_parser(
+        "evaluate", help="full-ranking HR/NDCG (or candidate ranking) of a trained run"
+    )
     p.add_argument("--run", required=True, type=Path, help="run folder written by `ilrec train`")
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument(
         "--mode",
-        choices=["beam", "exact", "ground"],
+        choices=["beam", "exact", "ground", "candidates"],
         default="beam",
         help="beam: trie-constrained beam search; exact: score every item; ground: BIGRec "
-        "free generation + embedding grounding (title format)",
+        "free generation + embedding grounding (title format); candidates: a "
+        "data.task=candidates run, exact ranking of the candidates + greedy generation",
     )
     p.add_argument("--beams", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
@@ -174,9 +187,13 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         help="a method and its run folders (seeds); repeat per method, the first is the baseline",
     )
     p.add_argument("--split", choices=["test", "valid"], default="test")
-    p.add_argument("--mode", choices=["beam", "exact", "ground"], default="exact")
+    p.add_argument("--mode", choices=["beam", "exact", "ground", "candidates"], default="exact")
     p.add_argument("--users", type=int, default=0, help="the runs' `evaluate --users N` results")
-    p.add_argument("--metric", default="ndcg@10", help="metric of the paired difference")
+    p.add_argument(
+        "--metric",
+        default=None,
+        help="metric of the paired difference (default ndcg@10; ndcg@5 in candidates mode)",
+    )
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples")
     p.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
@@ -229,6 +246,14 @@ def cmd_prepare_lastfm(args: argparse.Namespace) -> int:
 
     report = prepare_lastfm(args.src, args.out, protocol=args.protocol, force=args.force)
     print(report.summary())
+    return 0
+
+
+def cmd_prepare_candidates(args: argparse.Namespace) -> int:
+    from ilrec.data.candidates import prepare_candidates
+
+    report = prepare_candidates(args.data, args.out, args.n, args.max_history, args.force)
+    print(report)
     return 0
 
 
@@ -297,8 +322,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not runs or name in groups:
             raise ValueError(f"--group {name}: give a new method name, then its run folders")
         groups[name] = [Path(r) for r in runs]
+    candidates = args.mode == "candidates"  # HR@1 / HR@5 / NDCG@5 over the candidates
     table = compare_groups(
-        groups, args.split, args.mode, args.users, delta_metric=args.metric, n_boot=args.bootstrap
+        groups,
+        args.split,
+        args.mode,
+        args.users,
+        ks=(1, 5) if candidates else (5, 10),
+        delta_metric=args.metric or ("ndcg@5" if candidates else "ndcg@10"),
+        n_boot=args.bootstrap,
     )
     print(table, end="")
     if args.out is not None:

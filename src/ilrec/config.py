@@ -31,6 +31,12 @@ class DataConfig:
     max_history: int = 20
     paraphrases: int = 8  # training draws one of the first N LC-Rec paraphrases per example
     valid_users: int = 500  # validation subsample for model selection (0 = all)
+    task: str = "full"  # full (rank the catalogue) | candidates (pick one of N, S-DPO/LLaRA)
+    # candidate files' stem: <stem>.train.jsonl, <stem>.<protocol>.{valid,test}.jsonl
+    # (None = <data.path>/<X>.candidates, where `ilrec prepare lastfm` writes them)
+    candidates: str | None = None
+    protocol: str = "rows"  # rows | last: which candidate evaluation files are read
+    domain: str = "items"  # wording of the candidate prompt: items (generic) | music (S-DPO)
 
     def __post_init__(self) -> None:
         _choice("data.identifier", self.identifier, ("semantic", "title"))
@@ -38,6 +44,14 @@ class DataConfig:
         if (self.identifier == "title") != (self.format == "title"):
             raise ConfigError("data.identifier=title goes with data.format=title (and only it)")
         _positive("data.max_history", self.max_history)
+        _choice("data.task", self.task, ("full", "candidates"))
+        _choice("data.protocol", self.protocol, ("rows", "last"))
+        _choice("data.domain", self.domain, ("items", "music"))
+        if self.task == "candidates" and self.format == "sequence":
+            raise ConfigError(
+                "data.task=candidates needs a text format that can list the candidates: "
+                "data.format=prompt (semantic IDs) or data.format=title (with data.identifier=title)"
+            )
 
 
 @dataclass
@@ -140,7 +154,13 @@ class TrainConfig:
         0  # torch threads per process (0 = all cores alone, 1 per process when distributed)
     )
     max_steps: int = -1
-    patience: int = 0  # stop after this many validations without a better ndcg@10 (0 = off)
+    patience: int = (
+        0  # stop after this many validations without a better selection metric (0 = off)
+    )
+    # recompute each decoder layer's activations in the backward pass (large models): less
+    # memory for ~one extra forward per step; under FSDP with the launch config's own
+    # activation checkpointing on, FSDP does it instead (see training_arguments)
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         _positive("train.batch_size", self.batch_size)
@@ -165,7 +185,7 @@ class EvalConfig:
 
 
 ALIGN_METHODS = ("dpo", "sdpo", "rosepo", "sprec", "grpo")
-NEGATIVE_SAMPLERS = ("random", "popular", "self_hard", "greedy")
+NEGATIVE_SAMPLERS = ("random", "popular", "self_hard", "greedy", "candidates")
 GRPO_REWARDS = ("rule", "ranking", "cf")
 
 
@@ -243,6 +263,19 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+
+    @property
+    def selection_metric(self) -> str:
+        """The validation metric that selects checkpoints and stops training early: NDCG@10 of
+        the full ranking, or NDCG@5 over the candidates (``data.task=candidates``)."""
+        return "ndcg@5" if self.data.task == "candidates" else "ndcg@10"
+
+    def __post_init__(self) -> None:
+        if "candidates" in self.align.negatives and self.data.task != "candidates":
+            raise ConfigError(
+                "align.negatives.candidates draws from each row's candidate list: it needs "
+                "data.task=candidates (a run trained on candidate rows)"
+            )
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:

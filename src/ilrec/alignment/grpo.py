@@ -77,7 +77,7 @@ def run_grpo(
     features = [
         {
             "example": i,
-            "prompt": encoder.prompt_ids(examples[i].history),
+            "prompt": encoder.example_prompt_ids(examples[i]),
             "target": examples[i].target,
             "history": list(examples[i].history),
             "user": examples[i].user,

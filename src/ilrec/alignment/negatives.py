@@ -10,6 +10,12 @@ never the target, never an item of the example's history and always a catalogue 
 - ``greedy``: the model's top-ranked non-history item (SPRec's self-generated negative).
   When that item *is* the target the example has no negative: it is marked -1 and the caller
   drops the pair (counted), as SPRec's code should have done.
+- ``candidates`` (candidate task, ``data.task=candidates``): uniform over the row's own
+  candidates other than the target (S-DPO: K of the 19 non-target candidates; K = 1 is its
+  DPO).
+
+The beam samplers rank the whole catalogue (after the example's prompt, which lists the
+candidates for a candidate row).
 
 Sampling without replacement within an example; deterministic under ``torch.Generator``
 seeds (random, popular) or a fixed model (beam samplers).
@@ -124,7 +130,7 @@ def _top_non_history(
     for beams in (count + 5, count + longest + 1):
         beams = min(beams, ctx.n_items)
         part = [examples[i] for i in todo.tolist()]
-        prompts = [ctx.encoder.prompt_ids(e.history) for e in part]
+        prompts = [ctx.encoder.example_prompt_ids(e) for e in part]
         ranked = rank_sharded(
             lambda p, b=beams: constrained_beam_search(
                 ctx.model,
@@ -163,11 +169,34 @@ def greedy_negatives(examples, count, ctx, generator) -> Tensor:
     return _top_non_history(examples, 1, ctx, skip_target=False)
 
 
+def candidate_negatives(examples, count, ctx, generator) -> Tensor:
+    """``count`` of each row's candidates, uniformly without replacement, never its target or
+    a history item (S-DPO's negatives: sampled from the row's non-target candidates)."""
+    if not all(getattr(e, "candidates", ()) for e in examples):
+        raise ValueError("the candidates sampler needs candidate rows (data.task=candidates)")
+    out = []
+    for start in range(0, len(examples), ctx.chunk):
+        part = examples[start : start + ctx.chunk]
+        table = torch.tensor([list(e.candidates) for e in part], dtype=torch.long)  # [n, C]
+        allowed = ~excluded_mask(part, ctx.n_items).gather(1, table)
+        short = allowed.sum(1) < count
+        if bool(short.any()):
+            row = int(short.nonzero()[0]) + start
+            raise ValueError(
+                f"example {row}: fewer than {count} candidates remain after excluding its "
+                "target and history"
+            )
+        picks = torch.multinomial(allowed.double(), count, replacement=False, generator=generator)
+        out.append(table.gather(1, picks))
+    return torch.cat(out) if out else torch.zeros(0, count, dtype=torch.long)
+
+
 SAMPLERS = {
     "random": random_negatives,
     "popular": popular_negatives,
     "self_hard": self_hard_negatives,
     "greedy": greedy_negatives,
+    "candidates": candidate_negatives,
 }
 """Sampler name -> ``(examples, count, ctx, generator) -> LongTensor[N, count]``."""
 

@@ -182,7 +182,7 @@ def reference_logps(
         if cached.shape != (len(pairs), 1 + pairs.rejected.shape[1]):
             raise ValueError(f"{path}: shape {tuple(cached.shape)} does not match the pairs")
         return cached
-    prompts = [encoder.prompt_ids(examples[i].history) for i in pairs.example_ids.tolist()]
+    prompts = [encoder.example_prompt_ids(examples[i]) for i in pairs.example_ids.tolist()]
     rows = list(zip(prompts, responses(pairs, encoder), strict=True))
     start = time.perf_counter()
     logps = shard_rows(
@@ -212,7 +212,7 @@ def pair_features(
     for n, (i, resp) in enumerate(
         zip(pairs.example_ids.tolist(), responses(pairs, encoder), strict=True)
     ):
-        feature = pack_responses(encoder.prompt_ids(examples[i].history), resp)
+        feature = pack_responses(encoder.example_prompt_ids(examples[i]), resp)
         feature["ref_logps"] = ref[n].tolist()
         if pairs.smoothing is not None:
             feature["smoothing"] = pairs.smoothing[n].tolist()

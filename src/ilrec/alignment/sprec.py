@@ -139,12 +139,12 @@ def run_sprec(
                 examples=examples,
             )
         if is_main_process() and it not in logged:
-            append_jsonl(log_path, _iteration_record(it, it_dir, pairs))
+            append_jsonl(log_path, _iteration_record(it, it_dir, pairs, config.selection_metric))
         current = dpo_dir
     return _finish(root, config)
 
 
-def _iteration_record(it: int, it_dir: Path, pairs: PairSet) -> dict:
+def _iteration_record(it: int, it_dir: Path, pairs: PairSet, metric: str) -> dict:
     import json
 
     sft = json.loads((it_dir / "sft" / "train_summary.json").read_text())
@@ -156,8 +156,8 @@ def _iteration_record(it: int, it_dir: Path, pairs: PairSet) -> dict:
         "pairs": len(pairs),
         "dropped_negative_equals_target": pairs.dropped,
         "sampling_seconds": sampling["sampling_seconds"],
-        "sft_valid_ndcg@10": sft["best_valid_ndcg@10"],
-        "dpo_valid_ndcg@10": dpo["best_valid_ndcg@10"],
+        f"sft_valid_{metric}": sft[f"best_valid_{metric}"],
+        f"dpo_valid_{metric}": dpo[f"best_valid_{metric}"],
         "sft_seconds": sft["train_seconds_without_validation"],
         "dpo_seconds": dpo["train_seconds_without_validation"],
         "dpo_reference_seconds": dpo.get("reference_seconds_this_process"),
@@ -168,8 +168,9 @@ def _iteration_record(it: int, it_dir: Path, pairs: PairSet) -> dict:
 
 def _finish(root: Path, config: Config) -> dict[str, float]:
     """Copy the best iteration's DPO model to ``root/model``; summary and plot."""
+    metric = config.selection_metric
     records = sorted(read_jsonl(root / "iterations.jsonl"), key=lambda r: r["iteration"])
-    best = max(records, key=lambda r: r["dpo_valid_ndcg@10"] or 0.0)
+    best = max(records, key=lambda r: r[f"dpo_valid_{metric}"] or 0.0)
     if is_main_process():
         source = root / f"iter_{best['iteration']}" / "dpo"
         for name in ("model", "tokenizer"):
@@ -185,7 +186,8 @@ def _finish(root: Path, config: Config) -> dict[str, float]:
                 "from_run": config.align.from_run,
                 "iterations": len(records),
                 "best_iteration": best["iteration"],
-                "best_valid_ndcg@10": best["dpo_valid_ndcg@10"],
+                "selection_metric": metric,
+                f"best_valid_{metric}": best[f"dpo_valid_{metric}"],
                 "train_seconds_without_validation": sum(
                     r["sft_seconds"] + r["dpo_seconds"] for r in records
                 ),
@@ -195,21 +197,21 @@ def _finish(root: Path, config: Config) -> dict[str, float]:
                 "peak_memory_mb": {"rss": max(r["peak_memory_mb"] for r in records)},
             },
         )
-        _plot(root, records)
+        _plot(root, records, metric)
     barrier()
-    return {"ndcg@10": best["dpo_valid_ndcg@10"] or 0.0}
+    return {metric: best[f"dpo_valid_{metric}"] or 0.0}
 
 
-def _plot(root: Path, records: list[dict]) -> None:
+def _plot(root: Path, records: list[dict], metric: str) -> None:
     from ilrec.evaluation.plots import pyplot, save_figure
 
     plt = pyplot()
     its = [r["iteration"] for r in records]
     fig, (ax_valid, ax_pairs) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_valid.plot(its, [r["sft_valid_ndcg@10"] for r in records], marker="o", label="after SFT")
-    ax_valid.plot(its, [r["dpo_valid_ndcg@10"] for r in records], marker="s", label="after DPO")
+    ax_valid.plot(its, [r[f"sft_valid_{metric}"] for r in records], marker="o", label="after SFT")
+    ax_valid.plot(its, [r[f"dpo_valid_{metric}"] for r in records], marker="s", label="after DPO")
     ax_valid.set_xlabel("iteration")
-    ax_valid.set_title("validation NDCG@10")
+    ax_valid.set_title(f"validation {metric}")
     ax_valid.legend()
     ax_pairs.bar(its, [r["dropped_negative_equals_target"] for r in records])
     ax_pairs.set_xlabel("iteration")

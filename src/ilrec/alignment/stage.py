@@ -74,7 +74,9 @@ def open_stage(config: Config, resume: bool, overwrite: bool) -> tuple[RunStart,
 
 def training_examples(setup: Setup, n: int, seed: int) -> list[Example]:
     """The stage's training prompts: every training prefix (history -> next item), or a
-    seeded subsample of ``n``."""
+    seeded subsample of ``n``. With ``data.task=candidates`` the candidate training rows
+    (``setup.splits`` is then a :class:`~ilrec.data.candidates.CandidateSplits`), whose
+    prompts list their candidates and which the ``candidates`` sampler draws from."""
     examples = setup.splits.train_prefixes()
     return [examples[i] for i in subsample(examples, n, seed)]
 

@@ -10,6 +10,11 @@ Three formats share one interface:
 - ``title``: the BIGRec instruction with quoted titles; the response is the quoted title
   followed by EOS.
 
+Candidate rows (``data.task=candidates``, :class:`ilrec.data.candidates.CandidateExample`)
+get the candidate-ranking instruction instead (:func:`ilrec.data.prompts.candidate_prompt`:
+history and candidates as quoted titles or identifiers joined by ", "), with the same
+response; :meth:`Encoder.example_prompt_ids` picks the prompt from the example.
+
 Labels are -100 on everything that is not a response token. No assumption is made about
 BOS: prompt formats use whatever the tokenizer adds.
 """
@@ -17,12 +22,19 @@ BOS: prompt formats use whatever the tokenizer adds.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ilrec.data.prompts import SEQREC_INSTRUCTIONS, quoted, seqrec_prompt, title_prompt
+from ilrec.data.prompts import (
+    SEQREC_INSTRUCTIONS,
+    candidate_prompt,
+    quoted,
+    seqrec_prompt,
+    title_prompt,
+)
 from ilrec.data.split import Example, Window
 
 IGNORE_INDEX = -100
@@ -43,6 +55,7 @@ class Encoder:
     identifiers: list[str]
     identifier_ids: list[list[int]]
     n_paraphrases: int = len(SEQREC_INSTRUCTIONS)
+    candidate_domain: str = "items"  # wording of candidate prompts (prompts.CANDIDATE_TEMPLATES)
     _prompt_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,8 +88,32 @@ class Encoder:
         return cls("title", tokenizer, texts, ids, **kw)
 
     # -- prompts and responses -------------------------------------------------------------
-    def prompt_ids(self, history: tuple[int, ...], paraphrase: int = 0) -> list[int]:
-        """Token ids of the prompt for a history (what precedes the response)."""
+    def prompt_ids(
+        self,
+        history: tuple[int, ...],
+        paraphrase: int = 0,
+        candidates: Sequence[int] | None = None,
+    ) -> list[int]:
+        """Token ids of the prompt for a history (what precedes the response).
+
+        Args:
+            history: item ids, oldest first.
+            paraphrase: LC-Rec paraphrase (prompt format, full ranking only).
+            candidates: the row's candidate items (candidate ranking, text formats): the
+                candidate-ranking instruction lists them after the history.
+
+        Returns:
+            Token ids, with the tokenizer's special tokens (BOS) in the text formats.
+        """
+        if candidates is not None:
+            if self.fmt == "sequence":
+                raise ValueError("candidate prompts need a text format (prompt or title)")
+            text = candidate_prompt(
+                [self.item_text(i) for i in history],
+                [self.item_text(i) for i in candidates],
+                self.candidate_domain,
+            )
+            return self.tokenizer.encode(text, add_special_tokens=True)
         if self.fmt == "sequence":
             ids = [self.tokenizer.bos_token_id]
             for item in history:
@@ -87,6 +124,17 @@ class Encoder:
         else:
             text = title_prompt([self.identifiers[i] for i in history])
         return self.tokenizer.encode(text, add_special_tokens=True)
+
+    def example_prompt_ids(self, example: Example, paraphrase: int = 0) -> list[int]:
+        """The prompt of an example: the candidate instruction for a candidate row (an example
+        with a ``candidates`` attribute), the format's own prompt otherwise."""
+        return self.prompt_ids(example.history, paraphrase, getattr(example, "candidates", None))
+
+    def item_text(self, item: int) -> str:
+        """How an item is written in a prompt: its quoted title (title format, as the BIGRec
+        prompt and the response write it) or its identifier string."""
+        text = self.identifiers[item]
+        return quoted(text) if self.fmt == "title" else text
 
     def response_ids(self, item: int) -> list[int]:
         """Token ids the model must generate for ``item``."""
@@ -106,7 +154,7 @@ class Encoder:
     # -- training examples -----------------------------------------------------------------
     def encode_example(self, example: Example, paraphrase: int = 0) -> dict[str, list[int]]:
         """Prompt + response, labels only on the response."""
-        prompt = self.prompt_ids(example.history, paraphrase)
+        prompt = self.example_prompt_ids(example, paraphrase)
         response = self.response_ids(example.target)
         slot = len(example.history)
         return {

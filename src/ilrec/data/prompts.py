@@ -5,6 +5,9 @@ identifiers of the last items joined by ", " and ``### Response:`` is directly f
 target identifier. Training picks one paraphrase per example; evaluation uses paraphrase 0.
 BIGRec: Alpaca with an ``### Input:`` section listing quoted titles; the response is the
 quoted target title.
+Candidate ranking (S-DPO / LLaRA, paper Figure 6): the history and the N candidates in one
+instruction ending with ``Answer:``, no Alpaca wrapper (as S-DPO); the response is the target's
+identifier (quoted title or semantic ID) followed by EOS.
 """
 
 from __future__ import annotations
@@ -57,3 +60,38 @@ def title_prompt(history_titles: list[str]) -> str:
 def quoted(title: str) -> str:
     """The BIGRec response text of an item."""
     return f'"{title}"'
+
+
+# Candidate-ranking instructions by domain. "music" is S-DPO's `prompt/music.txt` template 0
+# verbatim (S-DPO draws one of 10 per example; here it is always this one); "items" is the
+# same sentence with generic domain words.
+CANDIDATE_TEMPLATES = {
+    "items": (
+        "This user has interacted with these items {history} recently. Please predict the "
+        "next item this user will interact with. Choose the answer from the following {n} "
+        "items: {candidates}. Answer:"
+    ),
+    "music": (
+        "This person has listened some musics from these bands {history} recently. Please "
+        "predict the next band or artist this person will listen to. Choose the answer from "
+        "the following {n} band names: {candidates}. Answer:"
+    ),
+}
+
+
+def candidate_prompt(history: list[str], candidates: list[str], domain: str = "items") -> str:
+    """The candidate-ranking instruction.
+
+    Args:
+        history: the history items' texts (quoted titles or identifiers), oldest first.
+        candidates: the candidates' texts, in the row's order.
+        domain: a key of :data:`CANDIDATE_TEMPLATES` (``items`` or ``music``).
+
+    Returns:
+        The prompt text, ending with ``Answer:`` (the response follows directly).
+    """
+    if domain not in CANDIDATE_TEMPLATES:
+        raise ValueError(f"domain must be one of {sorted(CANDIDATE_TEMPLATES)}, got {domain!r}")
+    return CANDIDATE_TEMPLATES[domain].format(
+        history=", ".join(history), n=len(candidates), candidates=", ".join(candidates)
+    )

@@ -44,22 +44,24 @@ def save_figure(fig, out_path: Path) -> Path:
 
 
 def plot_training_curves(metrics_path: Path, out_path: Path) -> Path:
-    """Training loss (and each logged objective component) and validation HR/NDCG@10."""
+    """Training loss (and each logged objective component) and validation HR/NDCG@10 (HR@1
+    and NDCG@5 of a candidate-ranking run)."""
     plt = pyplot()
     records = read_jsonl(metrics_path)
     train = [r for r in records if "loss" in r]
-    valid = [r for r in records if "eval_ndcg@10" in r]
+    valid = [r for r in records if "eval_ndcg@5" in r]
     fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss")
     ax_loss.set_xlabel("step")
     ax_loss.set_title("training")
     ax_loss.legend()
-    for key in ("eval_hit@10", "eval_ndcg@10"):
+    full = not valid or "eval_hit@10" in valid[0]  # else candidate ranking (HR@1, NDCG@5)
+    for key in ("eval_hit@10", "eval_ndcg@10") if full else ("eval_hit@1", "eval_ndcg@5"):
         ax_valid.plot(
             [r["step"] for r in valid], [r[key] for r in valid], marker="o", label=key[5:]
         )
     ax_valid.set_xlabel("step")
-    ax_valid.set_title("validation (full ranking)")
+    ax_valid.set_title("validation (full ranking)" if full else "validation (candidate ranking)")
     ax_valid.legend()
     fig.tight_layout()
     return save_figure(fig, out_path)

@@ -39,9 +39,20 @@ def evaluate_run(
 
     Writes ``<stem>.json`` / ``.md`` (metrics next to popularity) and ``.rankings.tsv``
     (every user's target and top-``beams`` items), with the stem of :func:`eval_stem`.
+    ``mode="candidates"`` (a run with ``data.task=candidates``) is
+    :func:`~ilrec.evaluation.candidate_report.evaluate_candidate_run`.
     """
+    if mode == "candidates":
+        from ilrec.evaluation.candidate_report import evaluate_candidate_run
+
+        return evaluate_candidate_run(run_dir, split, batch_size, users, progress)
     run_dir = require_run_dir(run_dir)
     config = load_config(run_dir / "config.yaml")
+    if config.data.task == "candidates":
+        raise ValueError(
+            f"{run_dir} was trained on candidate rows (data.task=candidates): "
+            "evaluate it with --mode candidates"
+        )
     set_threads(config.train.threads)
     setup = load_setup(config)
     model, tokenizer = load_trained(run_dir, setup)

@@ -17,9 +17,16 @@ from transformers import (
 )
 
 from ilrec.config import Config
+from ilrec.data.candidates import candidate_stem, load_candidate_splits
 from ilrec.data.dataset import InteractionData, load_dataset
 from ilrec.data.encoding import Encoder
-from ilrec.data.prompts import SEQREC_INSTRUCTIONS, TITLE_INPUT, TITLE_INSTRUCTION, quoted
+from ilrec.data.prompts import (
+    CANDIDATE_TEMPLATES,
+    SEQREC_INSTRUCTIONS,
+    TITLE_INPUT,
+    TITLE_INSTRUCTION,
+    quoted,
+)
 from ilrec.data.split import Splits, leave_one_out
 from ilrec.identifiers.semantic import make_unique
 from ilrec.identifiers.vocab import unique_titles
@@ -52,16 +59,34 @@ def set_threads(threads: int) -> int:
 
 
 def load_setup(config: Config) -> Setup:
+    """The dataset, its splits and identifiers for ``config``.
+
+    With ``data.task=candidates`` the splits are the candidate rows (a
+    :class:`~ilrec.data.candidates.CandidateSplits` read from ``data.candidates``, every row
+    checked), otherwise the leave-one-out split.
+    """
     data = load_dataset(config.data.path, require_index=config.data.identifier == "semantic")
-    splits = leave_one_out(data, config.data.max_history)
+    splits = load_splits(config, data)
     codes = make_unique(data.codes) if config.data.identifier == "semantic" else None
     titles = unique_titles(data.titles()) if config.data.identifier == "title" else None
     return Setup(config, data, splits, codes, titles)
 
 
+def load_splits(config: Config, data: InteractionData) -> Splits:
+    """Leave-one-out splits (``data.task=full``) or the checked candidate rows."""
+    cfg = config.data
+    if cfg.task == "candidates":
+        stem = candidate_stem(cfg.candidates, data)
+        return load_candidate_splits(stem, cfg.protocol, data.n_items, cfg.max_history)
+    return leave_one_out(data, cfg.max_history)
+
+
 def text_corpus(setup: Setup) -> list[str]:
-    """Texts a from-scratch text tokenizer is trained on: the prompt templates and titles."""
+    """Texts a from-scratch text tokenizer is trained on: the prompt templates and titles
+    (and the candidate instruction for the candidate task)."""
     corpus = [*SEQREC_INSTRUCTIONS, TITLE_INSTRUCTION, TITLE_INPUT]
+    if setup.config.data.task == "candidates":
+        corpus.append(CANDIDATE_TEMPLATES[setup.config.data.domain])
     corpus += [
         "Below is an instruction that describes a task. Write a response that "
         "appropriately completes the request. ### Instruction: ### Input: ### Response:"
@@ -73,9 +98,10 @@ def text_corpus(setup: Setup) -> list[str]:
 
 def make_encoder(setup: Setup, tokenizer: PreTrainedTokenizerBase) -> Encoder:
     cfg = setup.config.data
+    kw = {"n_paraphrases": cfg.paraphrases, "candidate_domain": cfg.domain}
     if cfg.identifier == "title":
-        return Encoder.for_titles(tokenizer, setup.titles, n_paraphrases=cfg.paraphrases)
-    return Encoder.for_codes(cfg.format, tokenizer, setup.codes, n_paraphrases=cfg.paraphrases)
+        return Encoder.for_titles(tokenizer, setup.titles, **kw)
+    return Encoder.for_codes(cfg.format, tokenizer, setup.codes, **kw)
 
 
 def build_model(setup: Setup) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -69,9 +69,24 @@ def check_run_dir(
     return None
 
 
+def fsdp_checkpoints_activations() -> bool:
+    """Whether ``accelerate launch`` runs FSDP with its own activation checkpointing
+    (``fsdp_activation_checkpointing: true`` in the launch config), which the Trainer refuses
+    to combine with its own."""
+    flag = os.environ.get
+    return (
+        flag("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        and flag("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() == "true"
+    )
+
+
 def training_arguments(config: Config, run_dir: Path) -> TrainingArguments:
     t = config.train
     per_epoch = t.eval_every <= 0
+    # Non-reentrant checkpointing: works with frozen inputs (LoRA) and with the hidden states
+    # every objective asks for (output_hidden_states=True). Transformers 5 names the option
+    # activation_checkpointing (gradient_checkpointing is its deprecated alias).
+    checkpointing = t.gradient_checkpointing and not fsdp_checkpoints_activations()
     return TrainingArguments(
         output_dir=str(run_dir),
         num_train_epochs=t.epochs,
@@ -91,7 +106,7 @@ def training_arguments(config: Config, run_dir: Path) -> TrainingArguments:
         save_steps=None if per_epoch else t.eval_every,
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=True,
-        metric_for_best_model="ndcg@10",
+        metric_for_best_model=config.selection_metric,
         greater_is_better=True,
         logging_steps=t.logging_steps,
         report_to=["tensorboard"],
@@ -101,6 +116,8 @@ def training_arguments(config: Config, run_dir: Path) -> TrainingArguments:
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         bf16=config.model.dtype == "bfloat16" and torch.cuda.is_available(),
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         save_only_model=False,
     )
 
@@ -147,8 +164,14 @@ def write_run_files(start: RunStart, config: Config, tokenizer) -> None:
 def validation_ranker(
     config: Config, examples: list, encoder
 ) -> Callable[[torch.nn.Module], dict[str, float]]:
-    """Model selection: beam-search HR/NDCG of a fixed validation subsample."""
+    """Model selection: beam-search HR/NDCG of a fixed validation subsample; with
+    ``data.task=candidates`` the exact candidate ranking of the subsample's rows
+    (:func:`ilrec.evaluation.candidates.candidate_ranker`)."""
     valid = validation_subsample(examples, config.data.valid_users, config.train.seed)
+    if config.data.task == "candidates":
+        from ilrec.evaluation.candidates import candidate_ranker
+
+        return candidate_ranker(valid, encoder, config.eval.batch_size)
 
     def rank_metrics_fn(model: torch.nn.Module) -> dict[str, float]:
         metrics, _ = evaluate_examples(
@@ -202,7 +225,8 @@ def fit(
         resumed = start.checkpoint
         record = {
             "best_checkpoint": trainer.state.best_model_checkpoint,
-            "best_valid_ndcg@10": trainer.state.best_metric,
+            "selection_metric": config.selection_metric,
+            f"best_valid_{config.selection_metric}": trainer.state.best_metric,
             "steps": trainer.state.global_step,
             "epochs": trainer.state.epoch,
             "train_seconds_without_validation": runtime,
@@ -217,7 +241,7 @@ def fit(
         atomic_write_json(run_dir / "train_summary.json", record)
         plot_curves_safely(run_dir)
     barrier()  # no rank returns (and, e.g., reads model/) before the main one has written it
-    return {"ndcg@10": trainer.state.best_metric or 0.0}
+    return {config.selection_metric: trainer.state.best_metric or 0.0}
 
 
 def train(
