@@ -46,3 +46,5 @@ if __name__ == "__main__":
         batch_size=8,
         progress=False,
     )
+    # An odd number of users: the ranks' shares are padded to equal length (lockstep).
+    evaluate_run(Path(config.train.output_dir), "test", "beam", 10, 2, users=7, progress=False)

@@ -13,6 +13,8 @@ import pytest
 
 from ilrec.config import load_config
 from ilrec.evaluation.report import evaluate_run
+from ilrec.evaluation.result_files import read_rankings
+from ilrec.metrics import rank_metrics
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -68,3 +70,7 @@ def test_two_processes_identical_weights(synthetic_dir, tmp_path, tiny_overrides
     assert sharded["users"] == 300
     for method, metrics in single.items():
         assert sharded["metrics"][method] == pytest.approx(metrics), method
+    odd = read_rankings(run / "eval_test_beam_first7.rankings.tsv")
+    alone = evaluate_run(run, "test", "beam", 10, 2, users=7, progress=False)
+    assert len(odd.users) == 7
+    assert rank_metrics(odd.ranked, odd.targets) == pytest.approx(alone["model (beam)"])

@@ -74,6 +74,7 @@ class ModelConfig:
             "down_proj",
         ]
     )
+    lora_train_embeddings: bool = True  # also train embed_tokens + lm_head fully (new tokens)
     dtype: str = "float32"  # float32 | bfloat16
     text_vocab_size: int = 2000  # BPE size for scratch models in prompt/title formats
 

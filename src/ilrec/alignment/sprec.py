@@ -33,9 +33,10 @@ from ilrec.alignment.stage import run_continued_sft, run_preference
 from ilrec.config import Config, save_config
 from ilrec.data.io import atomic_write_json
 from ilrec.data.split import popularity_counts
+from ilrec.distributed import barrier, is_main_process
 from ilrec.runs.files import append_jsonl, read_jsonl, write_environment
 from ilrec.runs.setup import load_setup, load_trained, make_encoder, set_threads
-from ilrec.training.run import RunExistsError, barrier, is_main_process
+from ilrec.training.run import RunExistsError
 
 __all__ = ["run_sprec"]
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ilrec.distributed import in_lockstep
 from ilrec.identifiers.trie import PrefixTrie
 
 __all__ = ["constrained_beam_search", "left_pad"]
@@ -140,9 +141,13 @@ def _search_batch(
     prompt_part = prompt_part.masked_fill(prompt_mask == 0, blocked)[:, None, None]
     beam_ids = torch.arange(num_beams, device=device)
     step = 0
+    # Distributed, every rank runs the same number of forwards (trie depth - 1): ranks that
+    # finish early keep their beams (parameter-sharding engines need all ranks in a forward).
+    lockstep = in_lockstep()
     while True:
         nodes, scores, src = _select(trie, nodes, scores, log_probs, num_beams)
-        if bool(((trie.item_at(nodes.reshape(-1)) >= 0) | scores.reshape(-1).isinf()).all()):
+        finished = (trie.item_at(nodes.reshape(-1)) >= 0) | scores.reshape(-1).isinf()
+        if bool(finished.all()) and (not lockstep or step >= trie.depth - 1):
             break
         # the new beams' lineages: their parents' columns, then their own at this step
         parents = lineage.gather(1, src[..., None].expand(-1, -1, lineage.shape[2]))

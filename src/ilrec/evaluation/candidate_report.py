@@ -7,11 +7,10 @@ import json
 import time
 from pathlib import Path
 
-import torch.distributed as dist
-
 from ilrec.config import load_config
 from ilrec.data.io import atomic_write_json, atomic_write_text
 from ilrec.data.split import popularity_counts
+from ilrec.distributed import is_main_process
 from ilrec.evaluation.candidates import (
     METRIC_KEYS,
     default_new_tokens,
@@ -77,7 +76,7 @@ def evaluate_candidate_run(
     encoder = make_encoder(setup, tokenizer)
     examples = setup.splits.examples(split)
     examples = examples[:users] if users > 0 else examples
-    main = not dist.is_initialized() or dist.get_rank() == 0
+    main = is_main_process()
     start = time.perf_counter()
     bar = _progress_bar(progress and main)
     metrics, ranked = rank_candidates(model, encoder, examples, batch_size, bar)

@@ -26,6 +26,7 @@ from transformers import GenerationConfig
 
 from ilrec.data.encoding import Encoder
 from ilrec.data.lastfm import match_candidates
+from ilrec.distributed import in_lockstep
 from ilrec.evaluation.beam import left_pad
 from ilrec.evaluation.ranking import shard_rows
 from ilrec.metrics import rank_metrics
@@ -174,7 +175,9 @@ def _generate_ids(
         ids, mask, _ = left_pad(
             prompts[start : start + batch_size], encoder.tokenizer.pad_token_id, device
         )
-        new = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        new = model.generate(
+            input_ids=ids, attention_mask=mask, generation_config=config, synced_gpus=in_lockstep()
+        )
         new = new[:, ids.shape[1] :].cpu()
         ended = (new == eos).long().cumsum(1) > 0
         new = new.masked_fill(ended, -1)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from ilrec.distributed import in_lockstep
 from ilrec.evaluation.beam import left_pad
 
 
@@ -62,7 +63,9 @@ def generate_free(
     texts = []
     for start in range(0, len(prompts), batch_size):
         ids, mask, _ = left_pad(prompts[start : start + batch_size], tokenizer.pad_token_id, device)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, generation_config=config, synced_gpus=in_lockstep()
+        )
         new = out[:, ids.shape[1] :]
         texts += tokenizer.batch_decode(new, skip_special_tokens=True)
     return texts

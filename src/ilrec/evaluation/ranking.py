@@ -17,6 +17,7 @@ from torch import nn
 
 from ilrec.data.encoding import Encoder
 from ilrec.data.split import Example
+from ilrec.distributed import rank_and_world
 from ilrec.evaluation.beam import constrained_beam_search
 from ilrec.evaluation.exact import rank_items, score_all_items
 from ilrec.evaluation.grounding import ground_rank
@@ -26,22 +27,23 @@ from ilrec.metrics import rank_metrics
 MODES = ("beam", "exact", "ground")
 
 
-def _shard() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def shard_rows(fn: Callable[[list], torch.Tensor], items: list) -> torch.Tensor:
     """``fn`` over this rank's share of ``items`` (round-robin), gathered in order: each item
-    is computed exactly once across distributed ranks; ``fn`` returns one row per item."""
-    rank, world = _shard()
-    mine = items[rank::world]
-    local = fn(mine).cpu() if mine else None
+    is computed once across distributed ranks; ``fn`` returns one row per item.
+
+    Every rank's share is padded (with repeats of the first item, dropped afterwards) to the
+    same length, so all ranks run the same number of batches: engines that shard parameters
+    (FSDP, ZeRO-3) need every rank in every forward.
+    """
+    rank, world = rank_and_world()
     if world == 1:
-        if local is None:
+        if not items:
             raise ValueError("shard_rows: no items")
-        return local
+        return fn(items).cpu()
+    mine = items[rank::world]
+    per_rank = -(-len(items) // world)
+    padded = mine + [items[0]] * (per_rank - len(mine))
+    local = fn(padded)[: len(mine)].cpu() if mine else None
     gathered: list[torch.Tensor | None] = [None] * world
     dist.all_gather_object(gathered, local)
     first = next(part for part in gathered if part is not None)

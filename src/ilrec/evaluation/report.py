@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch.distributed as dist
-
 from ilrec.config import load_config
 from ilrec.data.io import atomic_write_json, atomic_write_text
 from ilrec.data.split import popularity_counts
+from ilrec.distributed import is_main_process
 from ilrec.evaluation.ranking import evaluate_examples, popularity_metrics
 from ilrec.evaluation.result_files import eval_stem, rankings_tsv
 from ilrec.runs.files import require_run_dir
@@ -61,7 +60,7 @@ def evaluate_run(
     if users > 0:
         examples = examples[:users]
     ks = tuple(config.eval.ks)
-    main = not dist.is_initialized() or dist.get_rank() == 0
+    main = is_main_process()
     start = time.perf_counter()
     metrics, ranked = evaluate_examples(
         model,

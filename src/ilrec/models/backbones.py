@@ -182,8 +182,9 @@ def build_smollm2(
 
 
 def apply_lora(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
-    """LoRA adapters on the projections; embeddings and LM head stay fully trainable
-    (they hold the new identifier tokens)."""
+    """LoRA adapters on the projections; with ``model.lora_train_embeddings`` (default) the
+    embeddings and LM head stay fully trainable, as they hold the new identifier tokens (LC-Rec);
+    BIGRec's title format adds no tokens and trains adapters only (``false``)."""
     from peft import LoraConfig, get_peft_model
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
@@ -195,7 +196,7 @@ def apply_lora(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=targets,
-        modules_to_save=["embed_tokens", "lm_head"],
+        modules_to_save=["embed_tokens", "lm_head"] if cfg.lora_train_embeddings else None,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)

@@ -130,8 +130,9 @@ def load_trained(
     Args:
         run_dir: a finished run (``ilrec train`` or ``ilrec align``).
         setup: unused; kept for callers that pass the run's setup.
-        trainable: for a later stage: the model in train mode, LoRA adapters kept separate and
-            trainable; otherwise in eval mode with adapters merged (inference).
+        trainable: for a later stage: the model in train mode on the CPU (the Trainer places
+            it), LoRA adapters kept separate and trainable. Otherwise for inference: eval mode,
+            adapters merged, on the GPU when there is one, in the run's ``model.dtype``.
     """
     run_dir = require_run_dir(run_dir)
     model_dir = run_dir / "model"
@@ -145,7 +146,20 @@ def load_trained(
         model = _load_lora(model_dir, len(tokenizer), trainable)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir)
-    return (model.train() if trainable else model.eval()), tokenizer
+    if trainable:
+        return model.train(), tokenizer
+    return model.to(**inference_placement(run_dir)).eval(), tokenizer
+
+
+def inference_placement(run_dir: Path) -> dict:
+    """``{"device", "dtype"}`` for evaluating a run: the GPU in the run's ``model.dtype`` when
+    CUDA is available, else the CPU in float32."""
+    if not torch.cuda.is_available():
+        return {"device": torch.device("cpu"), "dtype": torch.float32}
+    from ilrec.config import load_config
+
+    dtype = load_config(run_dir / "config.yaml").model.dtype
+    return {"device": torch.device("cuda"), "dtype": getattr(torch, dtype)}
 
 
 def _load_lora(model_dir: Path, vocab_size: int, trainable: bool) -> PreTrainedModel:

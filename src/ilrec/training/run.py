@@ -20,6 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ilrec.config import Config, ConfigError, save_config
 from ilrec.data.encoding import PaddingCollator
 from ilrec.data.io import atomic_write_json
+from ilrec.distributed import barrier
 from ilrec.evaluation.ranking import evaluate_examples
 from ilrec.runs.files import write_environment
 from ilrec.runs.setup import build_model, load_setup, make_encoder, set_threads, world_size
@@ -292,17 +293,6 @@ def stop_callbacks(config: Config) -> list[TrainerCallback]:
     if config.train.patience <= 0:
         return []
     return [EarlyStoppingCallback(early_stopping_patience=config.train.patience)]
-
-
-def is_main_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
-
-
-def barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def validation_subsample(examples: list, n: int, seed: int) -> list:
