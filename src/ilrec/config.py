@@ -289,8 +289,11 @@ def _positive(key: str, value: int) -> None:
         raise ConfigError(f"{key} must be >= 1, got {value}")
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a field annotation (ints widen to floats)."""
+def coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field annotation (ints widen to floats; ``1e-4`` strings,
+    which YAML 1.1 reads as strings, become floats); a ConfigError names ``key``."""
+    if annotation is Any:
+        return value
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -300,7 +303,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(key, value, option)
+                return coerce(key, value, option)
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected {_name(annotation)}, got {value!r}")
@@ -309,14 +312,14 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {_name(value_type)}, got {value!r}")
         return {
-            _coerce(f"{key} key", k, key_type): _coerce(f"{key}.{k}", v, value_type)
+            coerce(f"{key} key", k, key_type): coerce(f"{key}.{k}", v, value_type)
             for k, v in value.items()
         }
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list of {_name(item_type)}, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+        return [coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is float and isinstance(value, str) and _EXPONENT_FLOAT.match(value):
@@ -332,7 +335,9 @@ def _name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """``cls(**values)`` with nested dataclass sections; unknown keys and wrong types are
+    ConfigErrors naming the dotted key."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
@@ -344,9 +349,9 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"{prefix}{name}: expected a mapping, got {value!r}")
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+            kwargs[name] = build_dataclass(hint, value, f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(f"{prefix}{name}", value, hint)
+            kwargs[name] = coerce(f"{prefix}{name}", value, hint)
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -419,7 +424,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         values = read_config_values(path)
     values = apply_overrides(values, overrides or [])
     try:
-        return _build(Config, values, "")
+        return build_dataclass(Config, values, "")
     except ConfigError as e:
         raise ConfigError(f"{path or 'config'}: {e}") if path else e from None
 
@@ -456,7 +461,7 @@ def load_stage_config(
     values = deep_merge(values, stage)
     values.setdefault("align", {})["from_run"] = str(from_run)
     try:
-        return _build(Config, values, "")
+        return build_dataclass(Config, values, "")
     except ConfigError as e:
         raise ConfigError(f"{path or 'config'}: {e}") from None
 

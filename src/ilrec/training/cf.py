@@ -36,7 +36,7 @@ import yaml
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ilrec.config import ConfigError, apply_overrides
+from ilrec.config import ConfigError, apply_overrides, build_dataclass, coerce, read_config_values
 from ilrec.data.dataset import load_dataset
 from ilrec.data.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ilrec.data.split import Example, Splits, leave_one_out
@@ -123,47 +123,19 @@ class CFConfig:
                 raise ConfigError(
                     f"unknown key model_kwargs.{key} for model {self.model} (valid: {specific})"
                 )
-            self.model_kwargs[key] = check_type(f"model_kwargs.{key}", value, hints[key])
-
-
-def check_type(key: str, value: Any, expected: Any) -> Any:
-    """``value`` as ``expected`` (int, float, bool, str or dict), or ConfigError naming ``key``.
-
-    Ints and numeric strings such as ``1e-3`` (which YAML reads as a string) become floats.
-    """
-    if typing.get_origin(expected) is dict:
-        expected = dict
-    if expected is float and not isinstance(value, bool):
-        if isinstance(value, int):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-    if not ok:
-        raise ConfigError(
-            f"{key}: expected {getattr(expected, '__name__', expected)}, got {value!r}"
-        )
-    return value
+            self.model_kwargs[key] = coerce(f"model_kwargs.{key}", value, hints[key])
 
 
 def cf_config_from_dict(values: dict[str, Any]) -> CFConfig:
     """Build a :class:`CFConfig`; unknown keys and wrong types raise ConfigError naming the key."""
-    hints = typing.get_type_hints(CFConfig)
-    fields = [f.name for f in dataclasses.fields(CFConfig)]
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} (valid: {fields})")
     if "model" not in values:
         raise ConfigError(f"missing key 'model' (one of {sorted(CF_MODELS)})")
-    kwargs = {k: check_type(k, v, hints[k]) for k, v in values.items()}
-    return CFConfig(**kwargs)
+    return build_dataclass(CFConfig, values)
 
 
 def load_cf_config(path: str | Path, overrides: Sequence[str] = ()) -> CFConfig:
-    """Load a flat YAML CF config and apply ``key=value`` overrides.
+    """Load a flat YAML CF config (the project's config mechanism: a ``base:`` chain, YAML
+    errors naming the file) and apply ``key=value`` overrides.
 
     Dotted keys reach into ``model_kwargs`` (``model_kwargs.n_layers=3``). Values are parsed as
     YAML scalars.
@@ -171,13 +143,11 @@ def load_cf_config(path: str | Path, overrides: Sequence[str] = ()) -> CFConfig:
     Raises:
         ConfigError (a ValueError): unknown key or wrong type, naming the key and the type.
     """
+    values = apply_overrides(read_config_values(path), list(overrides))
     try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {e}") from e
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of CFConfig fields")
-    return cf_config_from_dict(apply_overrides(values, list(overrides)))
+        return cf_config_from_dict(values)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def build_model(config: CFConfig, n_items: int, n_users: int) -> SequentialRecommender:
