@@ -30,13 +30,14 @@ from pathlib import Path
 
 from ilrec.data.io import atomic_write_json
 
-# method -> (stage command, config, overrides); "{sft}" is the SFT run folder.
+# method -> (config, overrides); "{epochs}" is --align-epochs (the DPO family's 3 in the
+# paper's Table 5), SPRec runs its 3 iterations of one SFT + one DPO epoch, GRPO one epoch.
 ALIGN_STAGES = {
-    "DPO": ("configs/align/dpo.yaml", []),
-    "S-DPO": ("configs/align/sdpo.yaml", []),
-    "RosePO": ("configs/align/rosepo.yaml", ["align.oracle_run={cf}"]),
-    "SPRec": ("configs/align/sprec.yaml", []),
-    "RLVR (GRPO)": ("configs/align/grpo.yaml", []),
+    "DPO": ("configs/align/dpo.yaml", ["train.epochs={epochs}"]),
+    "S-DPO": ("configs/align/sdpo.yaml", ["train.epochs={epochs}"]),
+    "RosePO": ("configs/align/rosepo.yaml", ["train.epochs={epochs}", "align.oracle_run={cf}"]),
+    "SPRec": ("configs/align/sprec.yaml", ["train.epochs=1"]),
+    "RLVR (GRPO)": ("configs/align/grpo.yaml", ["train.epochs=1"]),
 }
 
 
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("--base", type=Path, required=True, help="SFT config (data, model)")
     parser.add_argument("--data", required=True)
     parser.add_argument("--sft-epochs", type=float, default=4)
-    parser.add_argument("--align-epochs", type=float, default=1)
+    parser.add_argument("--align-epochs", type=float, default=3, help="DPO, S-DPO, RosePO")
     parser.add_argument("--align-examples", type=int, default=0, help="0 = all prompts")
     parser.add_argument("--valid-users", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
@@ -110,9 +111,10 @@ def main() -> None:
             continue
         run_dir = args.out / method.split()[0].lower().replace("-", "")
         cmd = [*py, "align", "--from", str(sft), "-c", config, threads]
-        cmd += [f"train.output_dir={run_dir}", f"train.epochs={args.align_epochs}"]
-        cmd += [f"align.examples={args.align_examples}"]
-        cmd += [x.replace("{cf}", str(cf)) for x in extra]
+        cmd += [f"train.output_dir={run_dir}", f"align.examples={args.align_examples}"]
+        cmd += [
+            x.replace("{cf}", str(cf)).replace("{epochs}", f"{args.align_epochs:g}") for x in extra
+        ]
         record = run_stage(run_dir.name, cmd, args.out)
         rows.append(
             _row(method, stages["SFT"], summary(run_dir), record, sampling_passes(method, run_dir))
@@ -155,8 +157,9 @@ def _row(method: str, sft: dict, run_summary: dict, stage: dict | None, passes: 
 def _table(rows: list[dict], args: argparse.Namespace) -> str:
     base = next(r for r in rows if r["method"] == "SFT")["wall_seconds"]
     lines = [
-        f"data {args.data}, SFT {args.sft_epochs:g} epochs, alignment {args.align_epochs:g} "
-        f"epoch(s) on {args.align_examples or 'all'} prompts, {args.threads} thread(s)",
+        f"data {args.data}, SFT {args.sft_epochs:g} epochs, DPO family {args.align_epochs:g} "
+        f"epoch(s), SPRec 3 x (1 + 1), GRPO 1, on {args.align_examples or 'all'} training "
+        f"prompts, {args.threads} thread(s)",
         "",
         "| method | SFT (ILRec: its own) stage | alignment stage | total | total / SFT | epochs "
         "| sampling passes "

@@ -35,7 +35,29 @@ def run_demo(out: Path, config_path: Path = CONFIG, overrides: list[str] | None 
         train(config, overwrite=True)
     for split in ("valid", "test"):
         evaluate_run(run_dir, split=split, mode="beam", beams=20, batch_size=64)
+    recommend_examples(out, run_dir, config)
     print(f"[demo] curves: {run_dir / 'curves.png'}; total {time.perf_counter() - start:.0f} s")
+
+
+def recommend_examples(out: Path, run_dir: Path, config) -> None:
+    """Three users' test histories as an `ilrec recommend` input file, and their top 5."""
+    import json
+
+    from ilrec.data.io import atomic_write_text
+    from ilrec.runs.setup import load_setup
+    from ilrec.serving import recommend_file
+
+    examples = load_setup(config).splits.test[:3]
+    histories = out / "histories.jsonl"
+    lines = [json.dumps({"user": e.user, "history": list(e.history)}) for e in examples]
+    atomic_write_text(histories, "\n".join(lines) + "\n")
+    output = out / "recommendations.jsonl"
+    recommend_file(run_dir, histories, output, k=5, force=True)
+    print(f"[demo] ilrec recommend --run {run_dir} --input {histories} --k 5:")
+    for line in output.read_text().splitlines():
+        record = json.loads(line)
+        titles = ", ".join(item["title"] or str(item["item"]) for item in record["items"])
+        print(f"  user {record['user']}: {titles}")
 
 
 def main() -> None:
