@@ -103,9 +103,9 @@ def main() -> None:
         cmd = [*py, "train-cf", "-c", "configs/cf/sasrec.yaml", "--data", args.data]
         run_stage("cf", [*cmd, "--out", str(cf), f"epochs={args.cf_epochs}"], args.out)
 
-    rows = [_row("SFT", stages["SFT"], summary(sft), None, 0)]
+    rows = [_row("SFT", sft, stages["SFT"], None, 0)]
     if "ILRec" in stages:  # its "SFT stage" is the ILRec training run
-        rows.append(_row("ILRec", stages["ILRec"], summary(ilrec), None, 0))
+        rows.append(_row("ILRec", ilrec, stages["ILRec"], None, 0))
     for method, (config, extra) in ALIGN_STAGES.items():
         if method not in args.methods:
             continue
@@ -116,73 +116,86 @@ def main() -> None:
             x.replace("{cf}", str(cf)).replace("{epochs}", f"{args.align_epochs:g}") for x in extra
         ]
         record = run_stage(run_dir.name, cmd, args.out)
-        rows.append(
-            _row(method, stages["SFT"], summary(run_dir), record, sampling_passes(method, run_dir))
-        )
+        rows.append(_row(method, run_dir, record, rows[0], sampling_passes(method, run_dir)))
     table = _table(rows, args)
     print(table)
     (args.out / "table5.md").write_text(table + "\n")
 
 
-def _row(method: str, sft: dict, run_summary: dict, stage: dict | None, passes: int) -> dict:
-    if stage is None:  # SFT, or ILRec: its objective replaces SFT's, no extra stage
-        return {
-            "method": method,
-            "sft_seconds": sft["wall_seconds"],
-            "stage_seconds": None,
-            "wall_seconds": sft["wall_seconds"],
-            "epochs": f"{run_summary['epochs']:g}",
-            "passes": passes,
-            "peak_mb": sft["peak_rss_mb"],
-        }
-    sft_summary_epochs = json.loads(
-        (Path(run_summary["from_run"]) / "train_summary.json").read_text()
-    )["epochs"]
+def stage_seconds(run_dir: Path) -> float:
+    """Compute time of a stage from its summaries (no interpreter start-up or model loading):
+    training steps + validation + negative sampling + reference log-probabilities; SPRec sums
+    its iterations' steps."""
+    if (run_dir / "iterations.jsonl").exists():
+        total = 0.0
+        for it_dir in sorted(run_dir.glob("iter_*")):
+            total += json.loads((it_dir / "pairs.json").read_text())["sampling_seconds"]
+            total += stage_seconds(it_dir / "sft") + stage_seconds(it_dir / "dpo")
+        return total
+    s = summary(run_dir)
+    parts = ("train_seconds_without_validation", "validation_seconds")
+    parts += ("sampling_seconds_this_process", "reference_seconds_this_process")
+    return sum(s.get(key) or 0.0 for key in parts)
+
+
+def _row(method: str, run_dir: Path, record: dict, sft: dict | None, passes: int) -> dict:
+    """A table row; ``sft`` is the SFT row an alignment stage starts from."""
+    run_summary = summary(run_dir)
+    seconds = stage_seconds(run_dir)
+    row = {
+        "method": method,
+        "sft_seconds": seconds if sft is None else sft["sft_seconds"],
+        "stage_seconds": None if sft is None else seconds,
+        "passes": passes,
+        "peak_mb": record["peak_rss_mb"]
+        if sft is None
+        else max(sft["peak_mb"], record["peak_rss_mb"]),
+        "wall_seconds": record["wall_seconds"] + (0 if sft is None else sft["wall_seconds"]),
+    }
+    row["seconds"] = row["sft_seconds"] + (row["stage_seconds"] or 0.0)
+    if sft is None:
+        row["epochs"] = f"{run_summary['epochs']:g}"
+        return row
+    sft_epochs = summary(Path(run_summary["from_run"]))["epochs"]
     align_epochs = run_summary["epochs"]
     iterations = run_summary.get("iterations")
-    epochs = f"{sft_summary_epochs + align_epochs:g} ({sft_summary_epochs:g} + " + (
-        f"{iterations} x {align_epochs / iterations:g})" if iterations else f"{align_epochs:g})"
-    )
-    return {
-        "method": method,
-        "sft_seconds": sft["wall_seconds"],
-        "stage_seconds": stage["wall_seconds"],
-        "wall_seconds": sft["wall_seconds"] + stage["wall_seconds"],
-        "epochs": epochs,
-        "passes": passes,
-        "peak_mb": max(sft["peak_rss_mb"], stage["peak_rss_mb"]),
-    }
+    detail = f"{iterations} x {align_epochs / iterations:g}" if iterations else f"{align_epochs:g}"
+    row["epochs"] = f"{sft_epochs + align_epochs:g} ({sft_epochs:g} + {detail})"
+    return row
 
 
 def _table(rows: list[dict], args: argparse.Namespace) -> str:
-    base = next(r for r in rows if r["method"] == "SFT")["wall_seconds"]
+    base = next(r for r in rows if r["method"] == "SFT")["seconds"]
     lines = [
         f"data {args.data}, SFT {args.sft_epochs:g} epochs, DPO family {args.align_epochs:g} "
         f"epoch(s), SPRec 3 x (1 + 1), GRPO 1, on {args.align_examples or 'all'} training "
-        f"prompts, {args.threads} thread(s)",
+        f"prompts, {args.threads} thread(s); time = training steps + validation + sampling + "
+        "reference log-probs (process wall time, with start-up and loading, in the last column)",
         "",
         "| method | SFT (ILRec: its own) stage | alignment stage | total | total / SFT | epochs "
-        "| sampling passes "
-        "| peak RSS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| sampling passes | peak RSS | wall |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [
             r["method"],
             _minutes(r["sft_seconds"]),
             _minutes(r["stage_seconds"]),
-            _minutes(r["wall_seconds"]),
-            f"{r['wall_seconds'] / base:.2f}x",
+            _minutes(r["seconds"]),
+            f"{r['seconds'] / base:.2f}x",
             r["epochs"],
             str(r["passes"]),
             f"{r['peak_mb']:.0f} MB",
+            _minutes(r["wall_seconds"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _minutes(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+    if seconds is None:
+        return "-"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 if __name__ == "__main__":
