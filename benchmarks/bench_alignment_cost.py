@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cf-epochs", type=int, default=5)
     parser.add_argument("--methods", nargs="*", default=["SFT", "ILRec", *ALIGN_STAGES])
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="overrides of the SFT/ILRec runs (data.format=prompt)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     py = [sys.executable, "-m", "ilrec.cli"]
@@ -92,7 +95,7 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     sft, ilrec, cf = args.out / "sft", args.out / "ilrec", args.out / "cf_sasrec"
-    train = [*py, "train", "-c", str(args.base), *common, threads]
+    train = [*py, "train", "-c", str(args.base), *common, threads, *args.set]
     epochs = f"train.epochs={args.sft_epochs}"
     stages: dict[str, dict] = {}
     stages["SFT"] = run_stage("sft", [*train, epochs, f"train.output_dir={sft}"], args.out)
@@ -167,7 +170,8 @@ def _row(method: str, run_dir: Path, record: dict, sft: dict | None, passes: int
 def _table(rows: list[dict], args: argparse.Namespace) -> str:
     base = next(r for r in rows if r["method"] == "SFT")["seconds"]
     lines = [
-        f"data {args.data}, SFT {args.sft_epochs:g} epochs, DPO family {args.align_epochs:g} "
+        f"data {args.data} {' '.join(args.set)}, SFT {args.sft_epochs:g} epochs, DPO family "
+        f"{args.align_epochs:g} "
         f"epoch(s), SPRec 3 x (1 + 1), GRPO 1, on {args.align_examples or 'all'} training "
         f"prompts, {args.threads} thread(s); time = training steps + validation + sampling + "
         "reference log-probs (process wall time, with start-up and loading, in the last column)",
