@@ -6,9 +6,9 @@ stage); and from the same SFT model DPO, S-DPO, RosePO, SPRec and GRPO. Prints p
 wall time of every stage and in total, the epochs (SFT + alignment x iterations), the
 negative-sampling passes over the training prompts and the peak resident memory.
 
-    python benchmarks/bench_alignment_cost.py --out /work/runs/cost_syn \\
+    python benchmarks/bench_alignment_cost.py --out runs/cost_syn \\
         --base configs/demo.yaml --data data/synthetic/Synthetic --sft-epochs 4 --threads 2
-    python benchmarks/bench_alignment_cost.py --out /work/runs/cost_inst \\
+    python benchmarks/bench_alignment_cost.py --out runs/cost_inst \\
         --base configs/instruments_sft.yaml --data ../shared/data/Instruments \\
         --sft-epochs 2 --align-examples 20000 --threads 1
 

@@ -96,3 +96,43 @@ class KillAt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             raise KeyboardInterrupt
+
+
+TINY_ARCHS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+}
+
+
+def tiny_causal_lm(arch: str = "llama", vocab_size: int = 50, **extra):
+    """A randomly initialised 2-layer model of the architecture (seed 0), hidden size 32."""
+    import transformers
+
+    config_cls, model_cls = (getattr(transformers, name) for name in TINY_ARCHS[arch])
+    shape = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
+    torch.manual_seed(0)
+    return model_cls(config_cls(vocab_size=vocab_size, **{**shape, **extra}))
+
+
+def save_tiny_pretrained(folder: Path, arch: str = "llama") -> int:
+    """A tiny pretrained-style folder: config + random weights + a small BPE tokenizer (no
+    downloads); returns the tokenizer's size."""
+    from ilrec.identifiers.vocab import build_text_tokenizer
+
+    tokenizer = build_text_tokenizer(["The user has interacted with items", "### Response:"], 300)
+    model = tiny_causal_lm(
+        arch,
+        len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return len(tokenizer)

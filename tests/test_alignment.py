@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FORMATS, KillAt
+from conftest import FORMATS, KillAt, save_tiny_pretrained
 from ilrec.alignment import negatives as negatives_module
 from ilrec.alignment.negatives import NegativeContext, excluded_mask, sample_negatives
 from ilrec.alignment.pairs import PairSet, build_pairs, pair_features, responses
@@ -250,10 +250,9 @@ def test_a_stage_killed_before_its_first_checkpoint_resumes_with_its_saved_pairs
 
 def test_dpo_from_a_lora_run_trains_the_adapters(synthetic_dir, tmp_path):
     from conftest import _tiny_overrides
-    from test_training import _save_local_hf_model
 
     folder = tmp_path / "pretrained"
-    _save_local_hf_model(folder, synthetic_dir)
+    save_tiny_pretrained(folder)
     sft = tmp_path / "sft"
     lora = ("model.kind=hf", f"model.path={folder}", "model.lora=true", "model.lora_r=4")
     extra = ("data.format=prompt", "train.max_steps=2", *lora)

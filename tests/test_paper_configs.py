@@ -19,15 +19,11 @@ import pytest
 import torch
 import yaml
 from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
     TrainerCallback,
 )
 
+from conftest import save_tiny_pretrained, tiny_causal_lm
 from ilrec.config import ObjectiveConfig, load_config, read_config_values
-from ilrec.identifiers.vocab import build_text_tokenizer
 from ilrec.models.layers import causal_lm
 from ilrec.training.objectives.ilrec import ILRecObjective
 from ilrec.training.run import train, training_arguments
@@ -37,35 +33,8 @@ PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
 BASES = sorted((REPO / "configs" / "paper" / "bases").glob("*.yaml"))
 ACCELERATE = REPO / "configs" / "accelerate"
 PLACEHOLDERS = {"/models/Llama-3.1-8B": "llama", "/models/Qwen2.5-7B": "qwen2"}
-ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+ARCHS = ("llama", "qwen2")
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def _tiny_config(arch: str, vocab_size: int, **extra):
-    shape = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
-    return ARCHS[arch][0](vocab_size=vocab_size, **{**shape, **extra})
-
-
-def _save_tiny_hf(folder: Path, arch: str) -> None:
-    """A tiny pretrained-style folder of the architecture: config + random weights + a small
-    BPE tokenizer (no downloads)."""
-    tokenizer = build_text_tokenizer(["The user has interacted with items", "### Response:"], 300)
-    config = _tiny_config(
-        arch,
-        len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    ARCHS[arch][1](config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +42,7 @@ def tiny_folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pretrained")
     folders = {arch: root / arch for arch in ARCHS}
     for arch, folder in folders.items():
-        _save_tiny_hf(folder, arch)
+        save_tiny_pretrained(folder, arch)
     return folders
 
 
@@ -230,7 +199,7 @@ def test_ilrec_with_checkpointing_recomputes_layers_and_keeps_gradients(arch):
     the intermediate layers; with non-reentrant checkpointing the decoder layers run again in
     the backward pass and the loss and every gradient are unchanged."""
     torch.manual_seed(0)
-    model = ARCHS[arch][1](_tiny_config(arch, 64, num_hidden_layers=3)).train()
+    model = tiny_causal_lm(arch, 64, num_hidden_layers=3).train()
     ids = torch.randint(0, 64, (4, 12))
     labels = ids.clone()
     labels[:, :8] = -100
@@ -315,7 +284,7 @@ def test_fsdp_wraps_the_decoder_layer_class(arch):
     name = fsdp["fsdp_transformer_layer_cls_to_wrap"]
     module = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
     layer_cls = getattr(module, name)
-    model = ARCHS[arch][1](_tiny_config(arch, 64))
+    model = tiny_causal_lm(arch, 64)
     assert name in model._no_split_modules
     assert all(isinstance(layer, layer_cls) for layer in model.model.layers)
 

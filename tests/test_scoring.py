@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from conftest import tiny_causal_lm
 from ilrec.data.packing import PackedCollator, pack_responses, packed_attention_mask
 from ilrec.models.scoring import response_token_logprobs, score_responses, sequence_logprobs
 
 
 def _model(kind: str = "llama"):
-    torch.manual_seed(0)
-    common = dict(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    if kind == "qwen2":
-        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
-    return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    return tiny_causal_lm(kind, vocab_size=50, pad_token_id=0).eval()
 
 
 def _naive_logprob(model, prompt, response) -> float:

@@ -9,13 +9,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import KillAt
+from conftest import KillAt, save_tiny_pretrained
 from ilrec.config import load_config
 from ilrec.evaluation.report import evaluate_run
 from ilrec.evaluation.result_files import read_rankings
-from ilrec.identifiers.vocab import build_text_tokenizer
 from ilrec.metrics import rank_metrics
 from ilrec.training.run import RunExistsError, train
 
@@ -62,30 +60,10 @@ def test_smoke_scratch_formats(synthetic_dir, tmp_path, tiny_overrides, extra):
         )
 
 
-def _save_local_hf_model(folder, synthetic_dir):
-    """A tiny pretrained-style model folder: config + weights + tokenizer, no downloads."""
-    tokenizer = build_text_tokenizer(["The user has interacted with items", "### Response:"], 300)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return len(tokenizer)
-
-
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_smoke_local_hf_folder(synthetic_dir, tmp_path, tiny_overrides, lora):
     folder = tmp_path / "pretrained"
-    base_vocab = _save_local_hf_model(folder, synthetic_dir)
+    base_vocab = save_tiny_pretrained(folder)
     run = tmp_path / "run"
     overrides = tiny_overrides(
         synthetic_dir,

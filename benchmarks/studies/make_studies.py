@@ -1,8 +1,8 @@
 """Write the study files of the Instruments experiments (run them with run_study.py).
 
     python benchmarks/studies/make_studies.py
-    python benchmarks/run_study.py benchmarks/studies/instruments_sft.yaml --root /work/runs/instruments
-    python benchmarks/run_study.py benchmarks/studies/instruments_alignment.yaml --root /work/runs/instruments
+    python benchmarks/run_study.py benchmarks/studies/instruments_sft.yaml --root /elsewhere/runs/instruments
+    python benchmarks/run_study.py benchmarks/studies/instruments_alignment.yaml --root /elsewhere/runs/instruments
 
 ``instruments_sft.yaml``: the converged SFT runs (3 seeds), then ILRec as in the paper with
 the same protocol (3 seeds), each evaluated on the whole validation and test splits (beam).
