@@ -17,6 +17,7 @@ from ilrec.losses import (
     crr_loss,
     ensemble_logits,
     extract_negatives,
+    hardness_weights,
     penalty_weights,
 )
 
@@ -195,13 +196,15 @@ def test_cpo_hand():
     expected = math.log(math.exp(2) + math.exp(1.5) + math.exp(-1) + 1) - 2
     torch.testing.assert_close(cpo_loss(z, y, w, 0.5), torch.tensor(expected))
     # identical for a positive logit with the sign-aware form
-    torch.testing.assert_close(cpo_loss(z, y, w, 0.5, sign_aware=True), torch.tensor(expected))
+    torch.testing.assert_close(cpo_loss(z, y, w, 0.5, penalty="sign_aware"), torch.tensor(expected))
     # a negative logit: paper form -1 * 1.5 = -1.5; sign-aware -1 + 0.5 * 1 = -0.5
     w_neg = _t([[0.0, 0.0, 1.0, 0.0]])
     paper = math.log(math.exp(2) + math.exp(1) + math.exp(-1.5) + 1) - 2
     aware = math.log(math.exp(2) + math.exp(1) + math.exp(-0.5) + 1) - 2
     torch.testing.assert_close(cpo_loss(z, y, w_neg, 0.5), torch.tensor(paper))
-    torch.testing.assert_close(cpo_loss(z, y, w_neg, 0.5, sign_aware=True), torch.tensor(aware))
+    torch.testing.assert_close(
+        cpo_loss(z, y, w_neg, 0.5, penalty="sign_aware"), torch.tensor(aware)
+    )
     # two positions: the mean
     z2 = torch.cat([z, _t([[0.0, 0.0, 0.0, 0.0]])])
     y2 = torch.tensor([0, 3])
@@ -211,17 +214,46 @@ def test_cpo_hand():
     )
 
 
-@pytest.mark.parametrize("sign_aware", [False, True])
-def test_cpo_no_negatives_equals_cross_entropy(sign_aware):
+@pytest.mark.parametrize("penalty", ["scale", "sign_aware", "additive"])
+def test_cpo_no_negatives_equals_cross_entropy(penalty):
     g = torch.Generator().manual_seed(1)
     z = torch.randn(7, 11, generator=g) * 4
     y = torch.randint(0, 11, (7,), generator=g)
-    loss = cpo_loss(z, y, torch.zeros_like(z), beta=0.3, sign_aware=sign_aware)
+    loss = cpo_loss(z, y, torch.zeros_like(z), beta=0.3, penalty=penalty)
     torch.testing.assert_close(loss, F.cross_entropy(z, y))
 
 
-@pytest.mark.parametrize("sign_aware", [False, True])
-def test_cpo_gradient_matches_appendix_a3(sign_aware):
+def test_additive_margin_hand_and_scale_free():
+    # two negatives with weights 0.75 / 0.25: each moves by beta * w * |V_N| = 0.6 * w * 2
+    z = _t([[2.0, 1.0, -1.0, 0.0]])
+    y = torch.tensor([0])
+    w = _t([[0.0, 0.75, 0.25, 0.0]])
+    expected = math.log(math.exp(2) + math.exp(1 + 0.9) + math.exp(-1 + 0.3) + 1) - 2
+    got = cpo_loss(z, y, w, 0.6, penalty="additive")
+    torch.testing.assert_close(got, torch.tensor(expected))
+    # the margin does not grow with the logits' scale, unlike Eq. 7's multiplicative form
+    big = 10 * z
+    add_gap = cpo_loss(big, y, w, 0.6, penalty="additive") - cpo_loss(big, y, 0 * w, 0.6)
+    scale_gap = cpo_loss(big, y, w, 0.6) - cpo_loss(big, y, 0 * w, 0.6)
+    assert 0 < add_gap < scale_gap
+    with pytest.raises(ValueError, match="penalty"):
+        cpo_loss(z, y, w, 0.6, penalty="nope")
+
+
+def test_hardness_weights_hand_and_against_paper():
+    probs = _t([[0.5, 0.3, 0.15, 0.05]])
+    neg = torch.tensor([[False, True, True, True]])
+    hard = hardness_weights(probs, neg)
+    torch.testing.assert_close(hard, _t([[0.0, 0.6, 0.3, 0.1]]))
+    paper = penalty_weights(probs, neg)  # exp(p) / sum exp(p): close to uniform
+    assert paper[0, 1:].max() - paper[0, 1:].min() < 0.1 < hard[0, 1:].max() - hard[0, 1:].min()
+    empty = hardness_weights(probs, torch.zeros_like(neg))
+    assert torch.equal(empty, torch.zeros_like(probs))  # no NaN without negatives
+
+
+@pytest.mark.parametrize("penalty", ["scale", "sign_aware"])
+def test_cpo_gradient_matches_appendix_a3(penalty):
+    sign_aware = penalty == "sign_aware"
     g = torch.Generator().manual_seed(2)
     n, v, beta = 5, 9, 0.2
     z = (torch.randn(n, v, generator=g) * 3).requires_grad_(True)
@@ -229,7 +261,7 @@ def test_cpo_gradient_matches_appendix_a3(sign_aware):
     probs = torch.randn(n, v, generator=g).softmax(-1)
     w = penalty_weights(probs, extract_negatives(probs, y, 0.5))
     assert (w > 0).any()
-    cpo_loss(z, y, w, beta, sign_aware=sign_aware).backward()
+    cpo_loss(z, y, w, beta, penalty=penalty).backward()
     with torch.no_grad():
         zd = z.detach()
         if sign_aware:

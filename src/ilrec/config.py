@@ -98,7 +98,8 @@ class ObjectiveConfig:
     head: str = "shared"  # shared (final norm + LM head) | separate (trainable copies)
     negatives_from: str = "intermediate"  # intermediate | final
     max_negatives: int | None = None
-    sign_aware: bool = False  # z + beta*w*|z| instead of z*(1+beta*w)
+    weights: str = "paper"  # paper (Eq. 6) | hardness (project's: p / sum p over the negatives)
+    penalty: str = "scale"  # scale (Eq. 7: z*(1+bw)) | sign_aware (z+bw|z|) | additive (project's)
     cpo: bool = True  # False: plain cross-entropy in place of CPO ("w/o CPO")
     cf_run: str | None = None  # trained CF run folder for the CRR reward
     layer_logs: bool = True  # log each candidate layer's cross-entropy (ce_layer_{l}, Fig. 2)
@@ -106,6 +107,8 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         _choice("objective.ensemble", self.ensemble, ("mean", "variance", "entropy", "max_prob"))
         _choice("objective.head", self.head, ("shared", "separate"))
+        _choice("objective.weights", self.weights, ("paper", "hardness"))
+        _choice("objective.penalty", self.penalty, ("scale", "sign_aware", "additive"))
         _choice("objective.negatives_from", self.negatives_from, ("intermediate", "final"))
         if self.k < 0:
             raise ConfigError(f"objective.k must be >= 0, got {self.k}")

@@ -3,11 +3,14 @@
 
 from ilrec.losses.ilrec import (
     ENSEMBLE_STRATEGIES,
+    PENALTIES,
+    WEIGHTINGS,
     cpd_loss,
     cpo_loss,
     crr_loss,
     ensemble_logits,
     extract_negatives,
+    hardness_weights,
     penalty_weights,
 )
 from ilrec.losses.policy import grpo_advantages, grpo_loss, k3_kl
@@ -15,6 +18,9 @@ from ilrec.losses.preference import dpo_loss, implicit_rewards, sdpo_loss
 
 __all__ = [
     "ENSEMBLE_STRATEGIES",
+    "PENALTIES",
+    "WEIGHTINGS",
+    "hardness_weights",
     "cpd_loss",
     "cpo_loss",
     "crr_loss",

@@ -37,12 +37,12 @@ from torch import Tensor, nn
 
 from ilrec.config import ConfigError, ObjectiveConfig
 from ilrec.losses import (
+    WEIGHTINGS,
     cpd_loss,
     cpo_loss,
     crr_loss,
     ensemble_logits,
     extract_negatives,
-    penalty_weights,
 )
 from ilrec.models.layers import LMParts, causal_lm, final_logits, gather, lm_parts
 from ilrec.training.objectives.base import ForwardResult, ObjectiveOutput, forward_supervised
@@ -239,7 +239,7 @@ class ILRecObjective:
                 )
                 probs = source.softmax(-1)
                 neg_mask = extract_negatives(probs, targets, cfg.alpha, cfg.max_negatives)
-                weights = penalty_weights(probs, neg_mask)
+                weights = WEIGHTINGS[cfg.weights](probs, neg_mask)
                 n_neg = neg_mask.sum()
                 logs["neg_per_pos"] = n_neg.float() / max(targets.numel(), 1)
                 if int(n_neg) > 0:
@@ -247,7 +247,7 @@ class ILRecObjective:
                     logs["neg_logit_negative_frac"] = negative_logit.sum().float() / n_neg
 
         if use_cpo:
-            main = cpo_loss(z, targets, weights, cfg.beta, sign_aware=cfg.sign_aware)
+            main = cpo_loss(z, targets, weights, cfg.beta, penalty=cfg.penalty)
             final_ce = _logged_cross_entropy(z.detach(), targets) if cfg.layer_logs else None
         else:
             main = final_ce = _cross_entropy(z, targets)  # CPO with beta 0 is CE
