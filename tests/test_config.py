@@ -233,3 +233,13 @@ def test_save_config_round_trip(tmp_path: Path) -> None:
     defaults = tmp_path / "defaults.yaml"
     save_config(Config(), defaults)
     assert load_config(defaults) == Config()
+
+
+def test_runs_saved_with_sign_aware_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("objective:\n  name: ilrec\n  sign_aware: true\n")
+    assert load_config(path).objective.penalty == "sign_aware"
+    path.write_text("objective:\n  name: ilrec\n  sign_aware: false\n")
+    assert load_config(path).objective.penalty == "scale"
+    with pytest.raises(ConfigError, match="contradicts"):
+        load_config(None, ["objective.sign_aware=true", "objective.penalty=additive"])

@@ -100,6 +100,7 @@ class ObjectiveConfig:
     max_negatives: int | None = None
     weights: str = "paper"  # paper (Eq. 6) | hardness (project's: p / sum p over the negatives)
     penalty: str = "scale"  # scale (Eq. 7: z*(1+bw)) | sign_aware (z+bw|z|) | additive (project's)
+    sign_aware: bool = False  # older runs' spelling of penalty=sign_aware (still read)
     cpo: bool = True  # False: plain cross-entropy in place of CPO ("w/o CPO")
     cf_run: str | None = None  # trained CF run folder for the CRR reward
     layer_logs: bool = True  # log each candidate layer's cross-entropy (ce_layer_{l}, Fig. 2)
@@ -109,6 +110,10 @@ class ObjectiveConfig:
         _choice("objective.head", self.head, ("shared", "separate"))
         _choice("objective.weights", self.weights, ("paper", "hardness"))
         _choice("objective.penalty", self.penalty, ("scale", "sign_aware", "additive"))
+        if self.sign_aware:
+            if self.penalty not in ("scale", "sign_aware"):
+                raise ConfigError("objective.sign_aware=true contradicts objective.penalty")
+            self.penalty, self.sign_aware = "sign_aware", False
         _choice("objective.negatives_from", self.negatives_from, ("intermediate", "final"))
         if self.k < 0:
             raise ConfigError(f"objective.k must be >= 0, got {self.k}")
