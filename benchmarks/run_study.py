@@ -54,8 +54,15 @@ def run_folder(args: list[str]) -> Path | None:
     return None
 
 
-def has_checkpoint(folder: Path | None) -> bool:
-    return folder is not None and folder.is_dir() and any(folder.glob("checkpoint-*"))
+def is_started(args: list[str]) -> bool:
+    """A train step resumes from a checkpoint; an align step also from its saved preparation
+    (negatives, reference log-probabilities) before the first checkpoint."""
+    folder = run_folder(args)
+    if folder is None or not folder.is_dir():
+        return False
+    if any(folder.glob("checkpoint-*")):
+        return True
+    return args[0] == "align" and (folder / "config.yaml").exists()
 
 
 def _wait_for(path: Path, name: str, poll_seconds: int = 60) -> None:
@@ -83,7 +90,7 @@ def main() -> int:
         if "after" in step and not args.dry_run:
             _wait_for(Path(step["after"]), step["name"])
         cmd = [sys.executable, "-m", "ilrec.cli", *step["args"]]
-        if step["args"][0] in RESUMABLE and has_checkpoint(run_folder(step["args"])):
+        if step["args"][0] in RESUMABLE and is_started(step["args"]):
             cmd.append("--resume")
         print(f"[run ] {step['name']}: {' '.join(cmd[2:])}", flush=True)
         if args.dry_run:

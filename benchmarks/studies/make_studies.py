@@ -28,15 +28,16 @@ SEEDS = (0, 1, 2)
 ALIGN_EXAMPLES = 30_000  # training prompts per alignment run (a seeded subsample of 131,984)
 
 # method -> config, common overrides, {tag: grid point overrides}; the first tag is the
-# official setting at the lower learning rate.
+# official setting at lr 1e-4. The grid goes down in lr: at 1e-4 DPO already lowered the
+# validation NDCG@10 of the SFT model it started from (first run of phase 1).
 GRID = {
     "dpo": (
         "dpo",
         [],
         {
             "b0.1_lr1e-4": ["align.beta=0.1", "train.lr=1e-4"],
-            "b0.1_lr5e-4": ["align.beta=0.1", "train.lr=5e-4"],
-            "b0.5_lr1e-4": ["align.beta=0.5", "train.lr=1e-4"],
+            "b0.1_lr1e-5": ["align.beta=0.1", "train.lr=1e-5"],
+            "b0.5_lr1e-5": ["align.beta=0.5", "train.lr=1e-5"],
         },
     ),
     "sdpo": (
@@ -44,8 +45,8 @@ GRID = {
         [],
         {
             "b1_lr1e-4": ["align.beta=1.0", "train.lr=1e-4"],
-            "b1_lr5e-4": ["align.beta=1.0", "train.lr=5e-4"],
-            "b0.1_lr1e-4": ["align.beta=0.1", "train.lr=1e-4"],
+            "b1_lr1e-5": ["align.beta=1.0", "train.lr=1e-5"],
+            "b0.1_lr1e-5": ["align.beta=0.1", "train.lr=1e-5"],
         },
     ),
     "rosepo": (
@@ -53,7 +54,7 @@ GRID = {
         ["align.oracle_run={root}/cf/sasrec"],
         {
             "b0.1_lr1e-4": ["align.beta=0.1", "train.lr=1e-4"],
-            "b0.1_lr5e-4": ["align.beta=0.1", "train.lr=5e-4"],
+            "b0.1_lr1e-5": ["align.beta=0.1", "train.lr=1e-5"],
         },
     ),
     "sprec": (
@@ -61,7 +62,7 @@ GRID = {
         ["align.examples=10000"],
         {
             "lr1e-4": ["train.lr=1e-4"],
-            "lr5e-4": ["train.lr=5e-4"],
+            "lr1e-5": ["train.lr=1e-5"],
         },
     ),
     "grpo": (
