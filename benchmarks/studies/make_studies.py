@@ -50,6 +50,14 @@ GRID = {
             "b0.1_lr1e-5": ["align.beta=0.1", "train.lr=1e-5"],
         },
     ),
+    "grpo": (
+        "grpo",
+        ["align.examples=20000", "train.eval_every=400"],
+        {
+            "lr1e-5": ["train.lr=1e-5"],
+            "lr1e-4": ["train.lr=1e-4"],
+        },
+    ),
     "rosepo": (
         "rosepo",
         ["align.oracle_run={root}/cf/sasrec"],
@@ -61,14 +69,6 @@ GRID = {
     "sprec": (
         "sprec",
         ["align.examples=10000"],
-        {
-            "lr1e-5": ["train.lr=1e-5"],
-            "lr1e-4": ["train.lr=1e-4"],
-        },
-    ),
-    "grpo": (
-        "grpo",
-        ["align.examples=20000", "train.eval_every=400"],
         {
             "lr1e-5": ["train.lr=1e-5"],
             "lr1e-4": ["train.lr=1e-4"],
@@ -148,9 +148,10 @@ def alignment_study(selected: dict[str, str]) -> dict:
                 )
             )
             steps.append(evaluate(run, "valid"))
-    # phase 2: the selected point of each method from every seed, on test
-    for method, tag in selected.items():
-        for seed in SEEDS:
+    # phase 2: the selected point of each method from every seed, on test; seed-major, so
+    # that the seed-0 test rows do not wait for the SFT runs of the later seeds
+    for seed in SEEDS:
+        for method, tag in selected.items():
             run, args = align_run(method, tag, seed)
             if seed:
                 steps.append(
