@@ -41,6 +41,10 @@ SCRATCH_PRESETS = {
     "tiny": ScratchPreset(32, 64, 3, 4, 2),  # tests
     "small": ScratchPreset(128, 512, 4, 4, 4),  # demo and CPU benchmarks (~1.2M parameters)
     "medium": ScratchPreset(256, 1024, 6, 8, 4),
+    # the size sweep of the CPU benchmark model: `small` made deeper (room for the paper's
+    # layer choices below the last) or wider
+    "deep": ScratchPreset(128, 512, 12, 4, 4),
+    "wide": ScratchPreset(256, 1024, 4, 8, 4),
 }
 
 

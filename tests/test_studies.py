@@ -1,0 +1,153 @@
+"""The study files of benchmarks/studies and their runner (benchmarks/run_study.py): the files
+are what make_studies.py writes, every step's config loads with its overrides, and the
+runner skips finished steps, resumes started ones and rejects malformed files."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ilrec.config import config_to_dict, load_config, load_stage_config
+from ilrec.models.backbones import SCRATCH_PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = ROOT / "benchmarks" / "studies"
+RUNNER = ROOT / "benchmarks" / "run_study.py"
+
+
+def _module(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_studies = _module(STUDIES / "make_studies.py")
+run_study = _module(RUNNER)
+
+
+@pytest.mark.parametrize(
+    "name, build",
+    [
+        ("instruments_sft.yaml", lambda: make_studies.sft_study()),
+        ("instruments_alignment.yaml", lambda: make_studies.alignment_study({})),
+        ("instruments_size.yaml", lambda: make_studies.size_study()),
+        ("games.yaml", lambda: make_studies.games_study({})),
+    ],
+)
+def test_generated_study_files_are_up_to_date(name, build):
+    assert yaml.safe_load((STUDIES / name).read_text()) == build()
+
+
+def _steps(name: str, root: Path) -> list[dict]:
+    return run_study.load_study(STUDIES / name, str(root))["steps"]
+
+
+def _config_and_overrides(args: list[str]) -> tuple[str, list[str]]:
+    config = args[args.index("-c") + 1]
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    return config, overrides
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in STUDIES.glob("*.yaml")))
+def test_every_study_step_has_a_loadable_config(name, tmp_path, monkeypatch):
+    """Each train step's config + overrides builds a Config; each align step's stage config
+    builds on top of the run it starts from (a run folder holding only its config)."""
+    monkeypatch.chdir(ROOT)
+    started: dict[str, Path] = {}
+    for step in _steps(name, tmp_path):
+        args = step["args"]
+        assert args[0] in {"train", "align", "evaluate", "train-cf"}, step["name"]
+        if args[0] == "train":
+            config, overrides = _config_and_overrides(args)
+            loaded = load_config(config, overrides)
+            out = Path(loaded.train.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(loaded)))
+            started[str(out)] = out
+        elif args[0] == "align":
+            config, overrides = _config_and_overrides(args)
+            from_run = args[args.index("--from") + 1]
+            if from_run not in started:  # started in another study file
+                Path(from_run).mkdir(parents=True, exist_ok=True)
+                sft = load_config("configs/study/instruments_sft.yaml")
+                (Path(from_run) / "config.yaml").write_text(yaml.safe_dump(config_to_dict(sft)))
+            loaded = load_stage_config(from_run, config, overrides)
+            assert loaded.align.from_run == str(Path(from_run))
+        elif args[0] == "evaluate":
+            assert Path(args[args.index("--run") + 1]).is_absolute()
+
+
+def test_size_presets_are_deeper_and_wider_than_small():
+    small, deep, wide = (SCRATCH_PRESETS[k] for k in ("small", "deep", "wide"))
+    assert deep.num_hidden_layers > small.num_hidden_layers >= 4
+    assert deep.hidden_size == small.hidden_size
+    assert wide.hidden_size > small.hidden_size
+    assert wide.num_hidden_layers == small.num_hidden_layers
+
+
+def _write_study(path: Path, root: Path, steps: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({"root": str(root), "steps": steps}))
+    return path
+
+
+def _dry_run(study: Path) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, str(RUNNER), str(study), "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.splitlines()
+
+
+def test_runner_skips_finished_steps_and_resumes_started_ones(tmp_path):
+    root = tmp_path / "runs"
+    finished, started, fresh = root / "a", root / "b", root / "c"
+    finished.mkdir(parents=True)
+    (finished / "train_summary.json").write_text("{}")
+    (started / "checkpoint-10").mkdir(parents=True)
+
+    def train(folder: Path) -> dict:
+        args = ["train", "-c", "x.yaml", f"train.output_dir={{root}}/{folder.name}"]
+        return {"name": folder.name, "args": args, "done": f"{folder}/train_summary.json"}
+
+    study = _write_study(tmp_path / "s.yaml", root, [train(finished), train(started), train(fresh)])
+    lines = _dry_run(study)
+    assert lines[0] == "[done] a"
+    assert lines[1].startswith("[run ] b:") and lines[1].endswith("--resume")
+    assert lines[2].startswith("[run ] c:") and not lines[2].endswith("--resume")
+    assert f"train.output_dir={root}/c" in lines[2]
+
+
+def test_an_align_step_resumes_from_its_saved_preparation(tmp_path):
+    folder = tmp_path / "align"
+    folder.mkdir()
+    args = ["align", "--from", "x", f"train.output_dir={folder}"]
+    assert not run_study.is_started(args)
+    (folder / "config.yaml").write_text("{}")
+    assert run_study.is_started(args)
+    assert not run_study.is_started(["train", f"train.output_dir={folder}"])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"steps": []}, "expected a mapping with 'root' and 'steps'"),
+        ({"root": "r", "steps": [{"name": "a", "args": []}]}, "steps[0] lacks ['done']"),
+        (
+            {"root": "r", "steps": [{"name": "a", "args": [], "done": "x"}] * 2},
+            "steps[1]: duplicate name 'a'",
+        ),
+    ],
+)
+def test_runner_rejects_a_malformed_study_by_name(tmp_path, content, message):
+    study = tmp_path / "bad.yaml"
+    study.write_text(yaml.safe_dump(content))
+    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+        run_study.load_study(study)
