@@ -37,6 +37,7 @@ run_study = _module(RUNNER)
         ("instruments_sft.yaml", lambda: make_studies.sft_study()),
         ("instruments_alignment.yaml", lambda: make_studies.alignment_study({})),
         ("instruments_size.yaml", lambda: make_studies.size_study()),
+        ("instruments_ilrec_sweep.yaml", lambda: make_studies.ilrec_sweep_study()),
         ("games.yaml", lambda: make_studies.games_study({})),
     ],
 )

@@ -7,6 +7,7 @@
 ``instruments_sft.yaml``: the converged SFT runs (3 seeds), then ILRec as in the paper with
 the same protocol (3 seeds), each evaluated on the whole validation and test splits (beam).
 ``instruments_size.yaml``: the size sweep (`small` against the `deep` and `wide` presets).
+``instruments_ilrec_sweep.yaml``: ILRec's factors one at a time on the `deep` model.
 ``games.yaml``: one seed of every language-model method on Games (SFT, ILRec, the alignment
 methods at their Instruments-selected settings). ``instruments_alignment.yaml``: every
 alignment method from the SFT run of seed 0 with a small
@@ -153,6 +154,54 @@ def size_study() -> dict:
     return {"root": "runs/instruments", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
 
+SWEEP_BUDGET = ["model.preset=deep", "train.epochs=3", "train.patience=0"]
+# One factor at a time around the centre (configs/study/instruments_ilrec.yaml: k 1, alpha 0.8,
+# beta 0.2, lambda 0.1, mu 0.1) on the 12-layer `deep` model: the paper's ranges (Table 6,
+# Figure 5), layer choices (Appendix A.5 scaled to 12 layers), heads, negatives, the project's
+# own options. Layers count from the end: -2 is the layer just below the final one.
+SWEEP = {
+    "center": [],
+    **{f"alpha{a}": [f"objective.alpha={a}"] for a in (0.1, 0.5, 1.0, 1.2)},
+    **{f"beta{b}": [f"objective.beta={b}"] for b in (0.01, 0.05, 0.1)},
+    "sign_aware": ["objective.penalty=sign_aware"],
+    **{f"k{k}": [f"objective.k={k}"] for k in (0, 2, 4)},
+    "layers_upper": ["objective.layers=[-2,-3,-4]"],
+    "layers_middle": ["objective.layers=[-5,-6,-7]"],
+    "layers_lower": ["objective.layers=[-8,-9,-10]"],
+    "separate_head": ["objective.head=separate"],
+    **{f"lambda{v}": [f"objective.lambda_cpd={v}"] for v in (0.01, 0.001)},
+    **{f"mu{v}": [f"objective.mu_crr={v}"] for v in (0.01, 0.0)},
+    **{f"max_neg{n}": [f"objective.max_negatives={n}"] for n in (4, 16)},
+    "own_hardness_weights": ["objective.weights=hardness"],
+    "own_additive_margin": ["objective.penalty=additive"],
+}
+
+
+def ilrec_sweep_study() -> dict:
+    """Where does ILRec's gain appear (issue 11 items 2-4)? SFT and every sweep point of ILRec
+    on the `deep` model at a screening budget (3 epochs, seed 0), each evaluated on the whole
+    validation split; compare each with SFT by `ilrec compare --split valid`."""
+    sft = "{root}/sweep/sft"
+    args = ["train", "-c", "configs/study/instruments_sft.yaml", "train.seed=0"]
+    steps = [
+        step(
+            "sweep_sft",
+            [*args, f"train.output_dir={sft}", *SWEEP_BUDGET],
+            f"{sft}/train_summary.json",
+        )
+    ]
+    steps.append(evaluate(sft, "valid"))
+    for name, overrides in SWEEP.items():
+        run = f"{{root}}/sweep/ilrec_{name}"
+        args = ["train", "-c", "configs/study/instruments_ilrec.yaml", "train.seed=0"]
+        args += [f"train.output_dir={run}", "objective.cf_run={root}/cf/sasrec"]
+        args += [*SWEEP_BUDGET, *overrides]
+        after = "{root}/cf/sasrec/final.json"
+        steps.append(step(f"sweep_ilrec_{name}", args, f"{run}/train_summary.json", after))
+        steps.append(evaluate(run, "valid"))
+    return {"root": "runs/instruments", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
+
+
 def alignment_study(selected: dict[str, str]) -> dict:
     steps = []
     # phase 1: the grid on seed 0, first tags first
@@ -261,6 +310,7 @@ def main() -> None:
     write("instruments_sft.yaml", note, sft_study())
     write("instruments_alignment.yaml", note, alignment_study(selected))
     write("instruments_size.yaml", note, size_study())
+    write("instruments_ilrec_sweep.yaml", note, ilrec_sweep_study())
     write("games.yaml", note, games_study(selected))
 
 
