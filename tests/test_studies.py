@@ -23,6 +23,7 @@ RUNNER = ROOT / "benchmarks" / "run_study.py"
 def _module(path: Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -152,3 +153,32 @@ def test_runner_rejects_a_malformed_study_by_name(tmp_path, content, message):
     study.write_text(yaml.safe_dump(content))
     with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
         run_study.load_study(study)
+
+
+def _rankings(path: Path, ranked: list[list[int]], targets: list[int]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    lines = ["user\ttarget\tranked"]
+    lines += [
+        f"u{i}\t{t}\t{' '.join(map(str, r))}"
+        for i, (t, r) in enumerate(zip(targets, ranked, strict=True))
+    ]
+    (path / "eval_valid_beam.rankings.tsv").write_text("\n".join(lines) + "\n")
+
+
+def test_sweep_table_gives_paired_differences_to_sft(tmp_path):
+    plot_sweep = _module(ROOT / "benchmarks" / "plot_sweep.py")
+    targets = [1, 2, 3, 4]
+    miss = list(range(10, 20))
+    # SFT: user 0 at rank 0 (NDCG 1), the rest missed; ILRec centre: users 0 and 1 at rank 0
+    _rankings(tmp_path / "sft", [[1, *miss[1:]], miss, miss, miss], targets)
+    _rankings(tmp_path / "ilrec_center", [[1, *miss[1:]], [2, *miss[1:]], miss, miss], targets)
+    points, missing, users = plot_sweep.measure(tmp_path, "valid", "beam", "ndcg@10", 200)
+    assert users == 4 and set(points) == {"SFT", "center"}
+    assert points["SFT"].ndcg == pytest.approx(0.25)
+    assert points["center"].ndcg == pytest.approx(0.5)
+    assert points["center"].delta == pytest.approx(0.25)
+    assert points["center"].low <= 0.25 <= points["center"].high
+    assert "center" not in missing and "k2" in missing
+    text = plot_sweep.table(points, missing, "ndcg@10", users)
+    assert "| center | 0.5000 | 0.5000 | +0.2500 [" in text
+    assert plot_sweep.figure(points, "ndcg@10", tmp_path / "sweep.png").is_file()

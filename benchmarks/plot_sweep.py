@@ -1,0 +1,142 @@
+"""ILRec's sweep at this scale (paper Table 6 and Figure 5): every point of
+``benchmarks/studies/instruments_ilrec_sweep.yaml`` against the SFT run of the same budget,
+as a markdown table of paired differences and a figure of the α, β and k series.
+
+    python benchmarks/plot_sweep.py /data/runs/instruments/sweep --out sweep.png
+
+Reads ``<sweep>/sft`` and ``<sweep>/ilrec_<point>`` (the points of ``make_studies.SWEEP``);
+each must hold ``eval_<split>_<mode>.rankings.tsv`` (``ilrec evaluate``). Points not evaluated
+yet are listed as such. Δ is ILRec minus SFT over the same users, with a 95% paired bootstrap
+interval (``ilrec compare``'s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from ilrec.evaluation.compare import paired_bootstrap_ci
+from ilrec.evaluation.plots import pyplot, save_figure
+from ilrec.evaluation.result_files import eval_stem, read_rankings
+
+HERE = Path(__file__).resolve().parent
+# the x-axis of each figure panel: sweep point -> value (the centre sits in every series)
+SERIES = {
+    "α (β 0.2)": {
+        "alpha0.1": 0.1,
+        "alpha0.5": 0.5,
+        "center": 0.8,
+        "alpha1.0": 1.0,
+        "alpha1.2": 1.2,
+    },
+    "β (α 0.8)": {"beta0.01": 0.01, "beta0.05": 0.05, "beta0.1": 0.1, "center": 0.2},
+    "k (layers below the last)": {"k0": 0, "center": 1, "k2": 2, "k4": 4},
+}
+CENTER = "k 1, α 0.8, β 0.2, λ 0.1, μ 0.1"
+
+
+def sweep_points() -> list[str]:
+    spec = importlib.util.spec_from_file_location("make_studies", HERE / "studies/make_studies.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.SWEEP)
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    ndcg: float
+    hit: float
+    delta: float
+    low: float
+    high: float
+
+
+def measure(
+    sweep: Path, split: str, mode: str, metric: str, n_boot: int
+) -> tuple[dict[str, Point], list[str], int]:
+    """Each evaluated point's metric and paired Δ to SFT, the points not evaluated yet, and
+    the number of users."""
+    stem = eval_stem(split, mode)
+    sft = read_rankings(sweep / "sft" / f"{stem}.rankings.tsv")
+    base = sft.user_metrics((10,))
+    points = {
+        "SFT": Point("SFT", base[metric].mean().item(), base["hit@10"].mean().item(), 0, 0, 0)
+    }
+    missing = []
+    for name in sweep_points():
+        path = sweep / f"ilrec_{name}" / f"{stem}.rankings.tsv"
+        if not path.is_file():
+            missing.append(name)
+            continue
+        run = read_rankings(path)
+        if run.users != sft.users:
+            raise SystemExit(f"{path}: other users than {sweep / 'sft'}")
+        values = run.user_metrics((10,))
+        diff = values[metric] - base[metric]
+        low, high = paired_bootstrap_ci(diff, n_boot)
+        points[name] = Point(
+            name, values[metric].mean().item(), values["hit@10"].mean().item(),
+            diff.mean().item(), low, high,
+        )  # fmt: skip
+    return points, missing, len(sft.users)
+
+
+def table(points: dict[str, Point], missing: list[str], metric: str, users: int) -> str:
+    lines = [
+        f"{users} users; centre: {CENTER}; Δ = ILRec − SFT, 95% paired bootstrap interval",
+        "",
+        f"| point | hit@10 | {metric} | Δ {metric} |",
+        "|---|---|---|---|",
+    ]
+    for p in points.values():
+        delta = "—" if p.name == "SFT" else f"{p.delta:+.4f} [{p.low:+.4f}, {p.high:+.4f}]"
+        lines.append(f"| {p.name} | {p.hit:.4f} | {p.ndcg:.4f} | {delta} |")
+    if missing:
+        lines += ["", "not evaluated yet: " + ", ".join(missing)]
+    return "\n".join(lines) + "\n"
+
+
+def figure(points: dict[str, Point], metric: str, out: Path) -> Path:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(SERIES), figsize=(4.2 * len(SERIES), 3.4), squeeze=False)
+    for ax, (title, xs) in zip(axes[0], SERIES.items(), strict=True):
+        have = [(x, points[name]) for name, x in xs.items() if name in points]
+        ax.axhline(points["SFT"].ndcg, color="grey", linestyle="--", label="SFT")
+        if have:
+            # the interval of the paired difference, drawn around the point's own value
+            ax.errorbar(
+                [x for x, _ in have],
+                [p.ndcg for _, p in have],
+                yerr=[[p.delta - p.low for _, p in have], [p.high - p.delta for _, p in have]],
+                marker="o",
+                capsize=3,
+                label="ILRec",
+            )
+        ax.set_title(title)
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path, help="the sweep folder ({root}/sweep)")
+    parser.add_argument("--split", default="valid")
+    parser.add_argument("--mode", default="beam")
+    parser.add_argument("--metric", default="ndcg@10")
+    parser.add_argument("--bootstrap", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, required=True, help="the PNG (a .md is written too)")
+    args = parser.parse_args()
+    points, missing, users = measure(args.sweep, args.split, args.mode, args.metric, args.bootstrap)
+    text = table(points, missing, args.metric, users)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"wrote {figure(points, args.metric, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
