@@ -57,7 +57,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     kind: str = "scratch"  # scratch | hf | smollm2
-    preset: str = "small"  # scratch presets: tiny | small | bench
+    preset: str = "small"  # scratch presets: tiny | small | medium | deep | wide
     path: str | None = None  # local Hugging Face folder for kind=hf
     lora: bool = False
     lora_r: int = 8
