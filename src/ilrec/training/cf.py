@@ -474,41 +474,15 @@ def train_cf(
     model = build_model(config, data.n_items, len(users)).to(config.device)
     model.user_index = user_index
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    progress = _Progress()
     if resume and last_path.exists():
-        saved = _load(last_path)
-        _check_resumable(saved["config"], config, last_path)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        progress = _Progress(**saved["progress"])
-        _set_rng_state(saved["rng"])
+        progress = _restore(last_path, config, model, optimizer)
         _trim_metrics(metrics_path, progress.epoch)
         logger.info("resuming %s after epoch %d", run_dir, progress.epoch)
     else:
+        progress = _Progress()
         metrics_path.unlink(missing_ok=True)
-    atomic_write_text(
-        run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
-    )
-    atomic_write_json(
-        run_dir / "run.json",
-        {
-            "data_dir": str(data_dir),
-            "dataset": data.name,
-            "n_items": data.n_items,
-            "n_users": len(users),
-            "train_windows": len(windows),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-    )
-
-    def checkpoint_fields() -> dict[str, Any]:
-        return {
-            "config": dataclasses.asdict(config),
-            "n_items": data.n_items,
-            "users": users,
-            "model": model.state_dict(),
-        }
+    _write_run_info(run_dir, config, data_dir, data.name, data.n_items, len(users), len(windows))
+    saved_fields = {"config": dataclasses.asdict(config), "n_items": data.n_items, "users": users}
 
     while progress.epoch < config.epochs and progress.bad_epochs < config.patience:
         started = time.perf_counter()
@@ -518,35 +492,74 @@ def train_cf(
         progress.epoch += 1
         if valid[SELECTION_METRIC] > progress.best_metric:
             progress = _Progress(progress.epoch, valid[SELECTION_METRIC], progress.epoch, 0)
-            _save(best_path, checkpoint_fields() | {"epoch": progress.epoch, "valid": valid})
+            best = {"model": model.state_dict(), "epoch": progress.epoch, "valid": valid}
+            _save(best_path, saved_fields | best)
         else:
             progress.bad_epochs += 1
-        line = {
-            "epoch": progress.epoch,
-            "train_loss": train_loss,
-            "train_seconds": seconds,
-            "valid": valid,
-        }
+        line = {"epoch": progress.epoch, "train_loss": train_loss, "train_seconds": seconds}
         with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-        _save(
-            last_path,
-            checkpoint_fields()
-            | {
-                "optimizer": optimizer.state_dict(),
-                "progress": dataclasses.asdict(progress),
-                "rng": _rng_state(),
-            },
-        )
+            f.write(json.dumps(line | {"valid": valid}) + "\n")
+        last = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "progress": dataclasses.asdict(progress),
+            "rng": _rng_state(),
+        }
+        _save(last_path, saved_fields | last)
         logger.info(
             "%s epoch %d loss %.4f valid %s", config.model, progress.epoch, train_loss, valid
         )
+    return _final_evaluation(run_dir, config, splits, data.n_items, progress)
 
+
+def _restore(
+    last_path: Path,
+    config: CFConfig,
+    model: SequentialRecommender,
+    optimizer: torch.optim.Optimizer,
+) -> _Progress:
+    """Load ``last.pt`` into the model and optimizer (and the RNGs); its progress."""
+    saved = _load(last_path)
+    _check_resumable(saved["config"], config, last_path)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    _set_rng_state(saved["rng"])
+    return _Progress(**saved["progress"])
+
+
+def _write_run_info(
+    run_dir: Path,
+    config: CFConfig,
+    data_dir: str | Path,
+    dataset: str,
+    n_items: int,
+    n_users: int,
+    n_windows: int,
+) -> None:
+    atomic_write_text(
+        run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+    )
+    info = {
+        "data_dir": str(data_dir),
+        "dataset": dataset,
+        "n_items": n_items,
+        "n_users": n_users,
+        "train_windows": n_windows,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    atomic_write_json(run_dir / "run.json", info)
+
+
+def _final_evaluation(
+    run_dir: Path, config: CFConfig, splits: Splits, n_items: int, progress: _Progress
+) -> dict[str, Any]:
+    """Validation and test metrics of the best checkpoint, written to ``final.json``."""
     best, _ = load_cf_model(run_dir, "best")
     best.to(config.device)
     result = {
-        "valid": evaluate_cf(best, splits.valid, data.n_items, config.eval_batch_size),
-        "test": evaluate_cf(best, splits.test, data.n_items, config.eval_batch_size),
+        "valid": evaluate_cf(best, splits.valid, n_items, config.eval_batch_size),
+        "test": evaluate_cf(best, splits.test, n_items, config.eval_batch_size),
         "best_epoch": progress.best_epoch,
         "epochs": progress.epoch,
     }
