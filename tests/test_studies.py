@@ -36,10 +36,10 @@ run_study = _module(RUNNER)
     "name, build",
     [
         ("instruments_sft.yaml", lambda: make_studies.sft_study()),
-        ("instruments_alignment.yaml", lambda: make_studies.alignment_study({})),
+        ("instruments_alignment.yaml", lambda: make_studies.alignment_study(make_studies.SELECTED)),
         ("instruments_size.yaml", lambda: make_studies.size_study()),
         ("instruments_ilrec_sweep.yaml", lambda: make_studies.ilrec_sweep_study()),
-        ("games.yaml", lambda: make_studies.games_study({})),
+        ("games.yaml", lambda: make_studies.games_study(make_studies.SELECTED)),
     ],
 )
 def test_generated_study_files_are_up_to_date(name, build):
