@@ -28,6 +28,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 SEEDS = (0, 1, 2)
 ALIGN_EXAMPLES = 30_000  # training prompts per alignment run (a seeded subsample of 131,984)
+CF_RUN = "{root}/cf/sasrec"  # the study's SASRec: RosePO's oracle, ILRec's CRR reward
 
 # method -> config, common overrides, {tag: grid point overrides}; phase 1 runs the first
 # tag of every method, then the second, ... The grid goes down in lr: at 1e-4 (the official
@@ -62,7 +63,7 @@ GRID = {
     ),
     "rosepo": (
         "rosepo",
-        ["align.oracle_run={root}/cf/sasrec"],
+        [f"align.oracle_run={CF_RUN}"],
         {
             "b0.1_lr1e-5": ["align.beta=0.1", "train.lr=1e-5"],
             "b0.1_lr1e-4": ["align.beta=0.1", "train.lr=1e-4"],
@@ -104,6 +105,18 @@ def evaluate(run: str, split: str, mode: str = "beam", users: int = 0) -> dict:
     return step(name, args, f"{run}/{stem}.json")
 
 
+def train_step(name: str, config: str, run: str, seed: int = 0, overrides=()) -> dict:
+    """``ilrec train -c configs/study/<config>.yaml``; an ILRec config gets the study's CF run
+    as its CRR reward and waits for it."""
+    args = ["train", "-c", f"configs/study/{config}.yaml", f"train.seed={seed}"]
+    args += [f"train.output_dir={run}", *overrides]
+    after = None
+    if "ilrec" in config:
+        args.append(f"objective.cf_run={CF_RUN}")
+        after = f"{CF_RUN}/final.json"
+    return step(name, args, f"{run}/train_summary.json", after)
+
+
 def sft_study() -> dict:
     """Seed-major (SFT and ILRec of seed 0, then of seed 1, ...) so that a paired comparison
     exists after the first two runs; the slow exact evaluations come last."""
@@ -111,13 +124,7 @@ def sft_study() -> dict:
     for seed in SEEDS:
         for kind, config in (("sft", "instruments_sft"), ("ilrec", "instruments_ilrec")):
             run = f"{{root}}/{kind}_s{seed}"
-            args = ["train", "-c", f"configs/study/{config}.yaml", f"train.seed={seed}"]
-            args += [f"train.output_dir={run}"]
-            after = None
-            if kind == "ilrec":
-                args.append("objective.cf_run={root}/cf/sasrec")
-                after = "{root}/cf/sasrec/final.json"
-            steps.append(step(f"{kind}_s{seed}", args, f"{run}/train_summary.json", after))
+            steps.append(train_step(f"{kind}_s{seed}", config, run, seed))
             steps.append(evaluate(run, "valid"))
             steps.append(evaluate(run, "test"))
             exact.append(evaluate(run, "test", "exact", 1000))
@@ -150,13 +157,7 @@ def size_study() -> dict:
     ):
         run = f"{{root}}/size/{name}"
         config = "instruments_ilrec" if name.startswith("ilrec") else "instruments_sft"
-        args = ["train", "-c", f"configs/study/{config}.yaml", "train.seed=0"]
-        args += [f"train.output_dir={run}", *overrides]
-        after = None
-        if config == "instruments_ilrec":
-            args.append("objective.cf_run={root}/cf/sasrec")
-            after = "{root}/cf/sasrec/final.json"
-        steps.append(step(name, args, f"{run}/train_summary.json", after))
+        steps.append(train_step(name, config, run, overrides=overrides))
         steps.append(evaluate(run, "valid"))
     return {"root": "runs/instruments", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
@@ -189,22 +190,18 @@ def ilrec_sweep_study() -> dict:
     on the `deep` model at a screening budget (3 epochs, seed 0), each evaluated on the whole
     validation split; compare each with SFT by `ilrec compare --split valid`."""
     sft = "{root}/sweep/sft"
-    args = ["train", "-c", "configs/study/instruments_sft.yaml", "train.seed=0"]
-    steps = [
-        step(
-            "sweep_sft",
-            [*args, f"train.output_dir={sft}", *SWEEP_BUDGET],
-            f"{sft}/train_summary.json",
-        )
-    ]
+    steps = [train_step("sweep_sft", "instruments_sft", sft, overrides=SWEEP_BUDGET)]
     steps.append(evaluate(sft, "valid"))
     for name, overrides in SWEEP.items():
         run = f"{{root}}/sweep/ilrec_{name}"
-        args = ["train", "-c", "configs/study/instruments_ilrec.yaml", "train.seed=0"]
-        args += [f"train.output_dir={run}", "objective.cf_run={root}/cf/sasrec"]
-        args += [*SWEEP_BUDGET, *overrides]
-        after = "{root}/cf/sasrec/final.json"
-        steps.append(step(f"sweep_ilrec_{name}", args, f"{run}/train_summary.json", after))
+        steps.append(
+            train_step(
+                f"sweep_ilrec_{name}",
+                "instruments_ilrec",
+                run,
+                overrides=[*SWEEP_BUDGET, *overrides],
+            )
+        )
         steps.append(evaluate(run, "valid"))
     return {"root": "runs/instruments", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
@@ -218,7 +215,7 @@ def alignment_study(selected: dict[str, str]) -> dict:
             if rank >= len(tags):
                 continue
             run, args = align_run(method, tags[rank], 0)
-            after = "{root}/cf/sasrec/final.json" if method == "rosepo" else None
+            after = f"{CF_RUN}/final.json" if method == "rosepo" else None
             steps.append(
                 step(
                     f"{method}_{tags[rank]}_s0",
@@ -253,7 +250,6 @@ def games_study(selected: dict[str, str]) -> dict:
     protocol), the classic SASRec (RosePO's oracle, ILRec's CRR reward), and each alignment
     method at the configuration selected on Instruments' validation split (the default
     grid point when phase 1 has not selected one)."""
-    cf = "{root}/cf/sasrec"
     steps = [
         step(
             "cf_sasrec",
@@ -264,24 +260,15 @@ def games_study(selected: dict[str, str]) -> dict:
                 "--data",
                 "../shared/data/Games",
                 "--out",
-                cf,
+                CF_RUN,
                 "progress=false",
             ],
-            f"{cf}/final.json",
+            f"{CF_RUN}/final.json",
         )
     ]
     for kind in ("sft", "ilrec"):
         run = f"{{root}}/{kind}_s0"
-        args = [
-            "train",
-            "-c",
-            f"configs/study/games_{kind}.yaml",
-            "train.seed=0",
-            f"train.output_dir={run}",
-        ]
-        if kind == "ilrec":
-            args.append(f"objective.cf_run={cf}")
-        steps.append(step(f"{kind}_s0", args, f"{run}/train_summary.json"))
+        steps.append(train_step(f"{kind}_s0", f"games_{kind}", run))
         steps += [
             evaluate(run, "valid"),
             evaluate(run, "test"),
