@@ -47,8 +47,8 @@ def sweep_points() -> list[str]:
 @dataclass(frozen=True)
 class Point:
     name: str
-    ndcg: float
-    hit: float
+    value: float  # the chosen metric
+    hit: float  # hit@10
     delta: float
     low: float
     high: float
@@ -60,8 +60,9 @@ def measure(
     """Each evaluated point's metric and paired Δ to SFT, the points not evaluated yet, and
     the number of users."""
     stem = eval_stem(split, mode)
+    ks = tuple(sorted({10, int(metric.split("@")[1])}))
     sft = read_rankings(sweep / "sft" / f"{stem}.rankings.tsv")
-    base = sft.user_metrics((10,))
+    base = sft.user_metrics(ks)
     points = {
         "SFT": Point("SFT", base[metric].mean().item(), base["hit@10"].mean().item(), 0, 0, 0)
     }
@@ -74,7 +75,7 @@ def measure(
         run = read_rankings(path)
         if run.users != sft.users:
             raise SystemExit(f"{path}: other users than {sweep / 'sft'}")
-        values = run.user_metrics((10,))
+        values = run.user_metrics(ks)
         diff = values[metric] - base[metric]
         low, high = paired_bootstrap_ci(diff, n_boot)
         points[name] = Point(
@@ -93,7 +94,7 @@ def table(points: dict[str, Point], missing: list[str], metric: str, users: int)
     ]
     for p in points.values():
         delta = "—" if p.name == "SFT" else f"{p.delta:+.4f} [{p.low:+.4f}, {p.high:+.4f}]"
-        lines.append(f"| {p.name} | {p.hit:.4f} | {p.ndcg:.4f} | {delta} |")
+        lines.append(f"| {p.name} | {p.hit:.4f} | {p.value:.4f} | {delta} |")
     if missing:
         lines += ["", "not evaluated yet: " + ", ".join(missing)]
     return "\n".join(lines) + "\n"
@@ -104,12 +105,12 @@ def figure(points: dict[str, Point], metric: str, out: Path) -> Path:
     fig, axes = plt.subplots(1, len(SERIES), figsize=(4.2 * len(SERIES), 3.4), squeeze=False)
     for ax, (title, xs) in zip(axes[0], SERIES.items(), strict=True):
         have = [(x, points[name]) for name, x in xs.items() if name in points]
-        ax.axhline(points["SFT"].ndcg, color="grey", linestyle="--", label="SFT")
+        ax.axhline(points["SFT"].value, color="grey", linestyle="--", label="SFT")
         if have:
             # the interval of the paired difference, drawn around the point's own value
             ax.errorbar(
                 [x for x, _ in have],
-                [p.ndcg for _, p in have],
+                [p.value for _, p in have],
                 yerr=[[p.delta - p.low for _, p in have], [p.high - p.delta for _, p in have]],
                 marker="o",
                 capsize=3,

@@ -61,7 +61,7 @@ def test_every_study_step_has_a_loadable_config(name, tmp_path, monkeypatch):
     """Each train step's config + overrides builds a Config; each align step's stage config
     builds on top of the run it starts from (a run folder holding only its config)."""
     monkeypatch.chdir(ROOT)
-    started: dict[str, Path] = {}
+    started: set[str] = set()
     for step in _steps(name, tmp_path):
         args = step["args"]
         assert args[0] in {"train", "align", "evaluate", "train-cf"}, step["name"]
@@ -71,7 +71,7 @@ def test_every_study_step_has_a_loadable_config(name, tmp_path, monkeypatch):
             out = Path(loaded.train.output_dir)
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(loaded)))
-            started[str(out)] = out
+            started.add(str(out))
         elif args[0] == "align":
             config, overrides = _config_and_overrides(args)
             from_run = args[args.index("--from") + 1]
@@ -174,8 +174,8 @@ def test_sweep_table_gives_paired_differences_to_sft(tmp_path):
     _rankings(tmp_path / "ilrec_center", [[1, *miss[1:]], [2, *miss[1:]], miss, miss], targets)
     points, missing, users = plot_sweep.measure(tmp_path, "valid", "beam", "ndcg@10", 200)
     assert users == 4 and set(points) == {"SFT", "center"}
-    assert points["SFT"].ndcg == pytest.approx(0.25)
-    assert points["center"].ndcg == pytest.approx(0.5)
+    assert points["SFT"].value == pytest.approx(0.25)
+    assert points["center"].value == pytest.approx(0.5)
     assert points["center"].delta == pytest.approx(0.25)
     assert points["center"].low <= 0.25 <= points["center"].high
     assert "center" not in missing and "k2" in missing
