@@ -6,10 +6,12 @@ A study file holds ``root`` (where run folders go; ``{root}`` in any argument is
 it), optional ``env`` (environment variables, e.g. ``OMP_NUM_THREADS: "1"``) and ``steps``:
 each step is ``{name, args, done}`` where ``args`` are the arguments of ``ilrec`` and ``done``
 the file whose existence marks the step finished; an optional ``after`` names a file another
-study writes (e.g. the SFT run this stage starts from): the step waits until it exists. A finished step is never redone; a `train`
-or `align` step whose run folder holds a checkpoint is continued with ``--resume``; a step
-that fails stops the study (its output is in ``{root}/logs/<name>.log``). Kill the study at
-any time and start it again: it picks up where it stopped.
+study writes (e.g. the SFT run this stage starts from): the step waits until it exists. A
+finished step is never redone; a `train` or `align` step whose run folder holds a checkpoint
+is continued with ``--resume``; a step that fails stops the study (its output is in
+``{root}/logs/<name>.log``). Kill the study at any time and start it again: it picks up where
+it stopped. The file is read again before every step, so a study regenerated while it runs
+takes effect at its next step.
 """
 
 from __future__ import annotations
@@ -72,6 +74,18 @@ def _wait_for(path: Path, name: str, poll_seconds: int = 60) -> None:
         time.sleep(poll_seconds)
 
 
+def next_step(study: dict) -> dict | None:
+    """The first step whose ``done`` file does not exist yet."""
+    return next((s for s in study["steps"] if not Path(s["done"]).exists()), None)
+
+
+def command(step: dict) -> list[str]:
+    cmd = [sys.executable, "-m", "ilrec.cli", *step["args"]]
+    if step["args"][0] in RESUMABLE and is_started(step["args"]):
+        cmd.append("--resume")
+    return cmd
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path)
@@ -79,6 +93,15 @@ def main() -> int:
     parser.add_argument("--root", help="where run folders go (overrides the study's root)")
     args = parser.parse_args()
     study = load_study(args.study, args.root)
+    if args.dry_run:
+        for step in study["steps"]:
+            done = Path(step["done"]).exists()
+            print(
+                f"[done] {step['name']}"
+                if done
+                else f"[run ] {step['name']}: " + " ".join(command(step)[2:])
+            )
+        return 0
     root = Path(study["root"])
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -86,15 +109,13 @@ def main() -> int:
     for step in study["steps"]:
         if Path(step["done"]).exists():
             print(f"[done] {step['name']}")
-            continue
-        if "after" in step and not args.dry_run:
+    # The file is read again before every step: a study regenerated while it runs (a new
+    # selection, a reordering) takes effect at its next step.
+    while (step := next_step(study)) is not None:
+        if "after" in step:
             _wait_for(Path(step["after"]), step["name"])
-        cmd = [sys.executable, "-m", "ilrec.cli", *step["args"]]
-        if step["args"][0] in RESUMABLE and is_started(step["args"]):
-            cmd.append("--resume")
+        cmd = command(step)
         print(f"[run ] {step['name']}: {' '.join(cmd[2:])}", flush=True)
-        if args.dry_run:
-            continue
         start = time.time()
         with open(logs / f"{step['name']}.log", "a") as log:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -102,6 +123,7 @@ def main() -> int:
         if code != 0 or not Path(step["done"]).exists():
             print(f"step {step['name']} failed: see {logs / step['name']}.log", file=sys.stderr)
             return 1
+        study = load_study(args.study, args.root)
     return 0
 
 

@@ -127,6 +127,29 @@ def test_runner_skips_finished_steps_and_resumes_started_ones(tmp_path):
     assert f"train.output_dir={root}/c" in lines[2]
 
 
+def test_runner_reads_a_study_regenerated_while_it_runs(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+
+    def evaluate(name: str) -> dict:
+        return {"name": name, "args": ["evaluate", name], "done": f"{root}/{name}.done"}
+
+    study = _write_study(tmp_path / "s.yaml", root, [evaluate("a"), evaluate("b")])
+    ran = []
+
+    def fake_call(cmd, **kwargs):
+        name = cmd[-1]
+        ran.append(name)
+        (root / f"{name}.done").write_text("")
+        if name == "a":  # regenerated while "a" runs: "c" inserted before "b"
+            _write_study(study, root, [evaluate("a"), evaluate("c"), evaluate("b")])
+        return 0
+
+    monkeypatch.setattr(run_study.subprocess, "call", fake_call)
+    monkeypatch.setattr(sys, "argv", ["run_study.py", str(study)])
+    assert run_study.main() == 0
+    assert ran == ["a", "c", "b"]
+
+
 def test_an_align_step_resumes_from_its_saved_preparation(tmp_path):
     folder = tmp_path / "align"
     folder.mkdir()
