@@ -85,6 +85,9 @@ GRID = {
 SELECTED = {
     "grpo": "lr1e-5",  # -0.0007 vs -0.0044 (lr 1e-4) NDCG@10 against SFT
     "rosepo": "b0.1_lr1e-5",  # -0.0045 vs -0.0173 (lr 1e-4)
+    "dpo": "b0.5_lr1e-5",  # -0.0021 vs -0.0029 (beta 0.1), -0.0177 (beta 0.1, lr 1e-4)
+    "sdpo": "b1_lr1e-5",  # -0.0022 vs -0.0040 (beta 0.1), -0.0031 (beta 1, lr 1e-4)
+    "sprec": "lr1e-5",  # -0.0025 vs -0.0229 (lr 1e-4)
 }
 
 
