@@ -10,7 +10,7 @@ import torch
 
 from ilrec.cli import main
 from ilrec.data.split import Example
-from ilrec.evaluation.compare import compare_groups, paired_bootstrap_ci
+from ilrec.evaluation.compare import compare_groups, paired_bootstrap_ci, seed_t_interval
 from ilrec.evaluation.result_files import rankings_tsv, read_rankings
 from ilrec.metrics import user_metrics
 
@@ -94,6 +94,38 @@ def test_compare_groups_table(tmp_path):
     new = [0.5, (2 + 1 / math.log2(5)) / 4]
     assert f"{sum(new) / 2 - sft:+.4f}" in rows["New"]
     assert rows["SFT"].rstrip().endswith("| — |")
+
+
+def test_seed_t_interval_hand():
+    # mean 0.0021, std 0.001, t_0.975(2) = 4.303: half-width 4.303 * 0.001 / sqrt(3)
+    lo, hi = seed_t_interval([0.0011, 0.0031, 0.0021])
+    half = 4.303 * 0.001 / math.sqrt(3)
+    assert (lo, hi) == pytest.approx((0.0021 - half, 0.0021 + half))
+    assert seed_t_interval([0.5, 0.5]) == pytest.approx((0.5, 0.5))
+    with pytest.raises(ValueError, match="at least 2"):
+        seed_t_interval([0.1])
+
+
+def test_compare_groups_pairs_runs_by_position_when_groups_match(tmp_path):
+    base = [
+        _write_run(tmp_path / f"sft{s}", _ranked_with_target_at([0, 3, -1, -1])) for s in (0, 1)
+    ]
+    better = [
+        _write_run(tmp_path / "new0", _ranked_with_target_at([0, 0, -1, -1])),
+        _write_run(tmp_path / "new1", _ranked_with_target_at([0, 3, 0, -1])),
+    ]
+    rows = compare_groups({"SFT": base, "New": better}, n_boot=200).splitlines()
+    assert rows[2].endswith("| Δ ndcg@10 | Δ per run [t interval] |")
+    sft = (1 + 1 / math.log2(5)) / 4
+    per_run = [0.5 - sft, (2 + 1 / math.log2(5)) / 4 - sft]
+    lo, hi = seed_t_interval(per_run)
+    expected = f"{per_run[0]:+.4f}, {per_run[1]:+.4f} [{lo:+.4f}, {hi:+.4f}] |"
+    assert rows[-1].endswith(expected)
+    assert rows[-2].endswith("| — | — |")
+    # one run per group, or unequal groups: no per-run column
+    single = compare_groups({"SFT": base[:1], "New": better[:1]}, n_boot=200)
+    unequal = compare_groups({"SFT": base, "New": better[:1]}, n_boot=200)
+    assert "per run" not in single and "per run" not in unequal
 
 
 def test_compare_groups_rejects_other_users(tmp_path):

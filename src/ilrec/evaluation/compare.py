@@ -9,6 +9,10 @@ because they answer different questions:
 - a paired bootstrap over users of the difference to the baseline group (each user's metric
   averaged over the group's runs first): evaluation-sample noise. Same users on both sides,
   so the user-to-user spread cancels and small differences become visible.
+
+When every group has as many runs as the baseline (two or more), the runs are also paired by
+position - give the seeds in the same order - and a last column lists each pair's difference
+with a t interval over them, which also covers training noise (wide with few seeds).
 """
 
 from __future__ import annotations
@@ -21,7 +25,14 @@ from torch import Tensor
 
 from ilrec.evaluation.result_files import Rankings, eval_stem, read_rankings
 
-__all__ = ["compare_groups", "paired_bootstrap_ci"]
+__all__ = ["compare_groups", "paired_bootstrap_ci", "seed_t_interval"]
+
+# Two-sided 95% quantiles of Student's t, t_{0.975}(df) for df = 1..30 (beyond: normal's 1.96).
+T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
 
 
 def paired_bootstrap_ci(
@@ -47,6 +58,17 @@ def paired_bootstrap_ci(
     tail = (1.0 - level) / 2
     lo, hi = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64))
     return lo.item(), hi.item()
+
+
+def seed_t_interval(diffs: list[float]) -> tuple[float, float]:
+    """95% t interval of the mean of per-seed paired differences (``len(diffs) >= 2``)."""
+    n = len(diffs)
+    if n < 2:
+        raise ValueError(f"a t interval needs at least 2 paired runs, got {n}")
+    t = T_975[n - 2] if n - 1 <= len(T_975) else 1.96
+    half = t * statistics.stdev(diffs) / n**0.5
+    mean = statistics.mean(diffs)
+    return mean - half, mean + half
 
 
 def _load_group(name: str, runs: list[Path], split: str, mode: str, users: int) -> list[Rankings]:
@@ -85,12 +107,18 @@ def compare_groups(
     per_user = {name: [r.user_metrics(ks) for r in rankings] for name, rankings in loaded.items()}
     baseline_name = next(iter(per_user))
     baseline = torch.stack([m[delta_metric] for m in per_user[baseline_name]]).mean(0)
+    n_runs = {len(metrics) for metrics in per_user.values()}
+    by_seed = len(n_runs) == 1 and n_runs.pop() >= 2
     lines = [
         f"{len(reference.users)} users, {split} split, {mode} mode; ± = std over runs; "
-        f"Δ = paired difference to {baseline_name} with a 95% bootstrap interval over users",
+        f"Δ = paired difference to {baseline_name} with a 95% bootstrap interval over users"
+        + ("; per run: runs paired by position, t interval over them" if by_seed else ""),
         "",
-        "| method | runs | " + " | ".join(keys) + f" | Δ {delta_metric} |",
-        "|---|---|" + "---|" * (len(keys) + 1),
+        "| method | runs | "
+        + " | ".join(keys)
+        + f" | Δ {delta_metric} |"
+        + (" Δ per run [t interval] |" if by_seed else ""),
+        "|---|---|" + "---|" * (len(keys) + 1 + by_seed),
     ]
     for name, metrics in per_user.items():
         cells = []
@@ -99,10 +127,20 @@ def compare_groups(
             cell = f"{statistics.mean(values):.4f}"
             cells.append(cell + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""))
         if name == baseline_name:
-            delta = "—"
+            delta = "—" + (" | —" if by_seed else "")
         else:
             diff = torch.stack([m[delta_metric] for m in metrics]).mean(0) - baseline
             lo, hi = paired_bootstrap_ci(diff, n_boot)
             delta = f"{diff.mean().item():+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            if by_seed:
+                delta += " | " + _per_run_delta(metrics, per_user[baseline_name], delta_metric)
         lines.append(f"| {name} | {len(metrics)} | " + " | ".join(cells) + f" | {delta} |")
     return "\n".join(lines) + "\n"
+
+
+def _per_run_delta(metrics: list[dict], baseline: list[dict], key: str) -> str:
+    diffs = [
+        m[key].mean().item() - b[key].mean().item() for m, b in zip(metrics, baseline, strict=True)
+    ]
+    lo, hi = seed_t_interval(diffs)
+    return ", ".join(f"{d:+.4f}" for d in diffs) + f" [{lo:+.4f}, {hi:+.4f}]"
