@@ -10,7 +10,12 @@ import torch
 
 from ilrec.cli import main
 from ilrec.data.split import Example
-from ilrec.evaluation.compare import compare_groups, paired_bootstrap_ci, seed_t_interval
+from ilrec.evaluation.compare import (
+    compare_groups,
+    compare_runs,
+    paired_bootstrap_ci,
+    seed_t_interval,
+)
 from ilrec.evaluation.result_files import rankings_tsv, read_rankings
 from ilrec.metrics import user_metrics
 
@@ -151,3 +156,26 @@ def test_compare_cli(tmp_path, capsys):
     assert main(["compare", "--group", "A"]) == 2  # a method without runs
     assert main(["compare", "--users", "4", "--group", "A", str(a)]) == 2  # no _first4 results
     assert "eval_test_exact_first4.rankings.tsv" in capsys.readouterr().err
+
+
+def test_compare_cli_plot(tmp_path, capsys):
+    a = _write_run(tmp_path / "a", _ranked_with_target_at([0, 1, 2, 3]))
+    b = _write_run(tmp_path / "b", _ranked_with_target_at([1, 1, 2, 3]))
+    plot = tmp_path / "compare.png"
+    args = ["compare", "--group", "A", str(a), "--group", "B", str(b), "--plot", str(plot)]
+    assert main(args + ["--bootstrap", "200"]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(args) == 2  # the plot exists: no silent overwrite
+    assert "compare.png exists" in capsys.readouterr().err
+
+
+def test_compare_runs_structured_result(tmp_path):
+    base = [_write_run(tmp_path / "s", _ranked_with_target_at([0, 3, -1, -1]))]
+    new = [_write_run(tmp_path / "n", _ranked_with_target_at([0, 0, -1, -1]))]
+    c = compare_runs({"SFT": base, "New": new}, n_boot=200)
+    assert [g.name for g in c.groups] == ["SFT", "New"] and c.n_users == 4
+    assert c.groups[0].delta is None and not c.by_seed
+    mean, lo, hi = c.groups[1].delta
+    assert mean == pytest.approx((1 - 1 / math.log2(5)) / 4)  # user b: rank 3 -> rank 0
+    assert lo <= mean <= hi
+    assert c.groups[1].values["hit@5"] == [0.5]

@@ -196,7 +196,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples")
     p.add_argument("--out", type=Path, default=None, help="also write the table to this file")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    p.add_argument(
+        "--plot", type=Path, default=None, help="also draw the comparison into this PNG file"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out/--plot file")
     p.set_defaults(func=cmd_compare)
 
 
@@ -313,17 +316,18 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ilrec.data.io import atomic_write_text
-    from ilrec.evaluation.compare import compare_groups
+    from ilrec.evaluation.compare import compare_runs, format_comparison, plot_comparison
 
-    if args.out is not None and args.out.exists() and not args.force:
-        raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
+    for path in (args.out, args.plot):
+        if path is not None and path.exists() and not args.force:
+            raise FileExistsError(f"{path} exists; pass --force to overwrite it")
     groups: dict[str, list[Path]] = {}
     for name, *runs in args.group:
         if not runs or name in groups:
             raise ValueError(f"--group {name}: give a new method name, then its run folders")
         groups[name] = [Path(r) for r in runs]
     candidates = args.mode == "candidates"  # HR@1 / HR@5 / NDCG@5 over the candidates
-    table = compare_groups(
+    comparison = compare_runs(
         groups,
         args.split,
         args.mode,
@@ -332,9 +336,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         delta_metric=args.metric or ("ndcg@5" if candidates else "ndcg@10"),
         n_boot=args.bootstrap,
     )
+    table = format_comparison(comparison)
     print(table, end="")
     if args.out is not None:
         atomic_write_text(args.out, table)
+    if args.plot is not None:
+        plot_comparison(comparison, args.plot)
     return 0
 
 

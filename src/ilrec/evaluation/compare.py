@@ -18,6 +18,7 @@ with a t interval over them, which also covers training noise (wide with few see
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +26,15 @@ from torch import Tensor
 
 from ilrec.evaluation.result_files import Rankings, eval_stem, read_rankings
 
-__all__ = ["compare_groups", "paired_bootstrap_ci", "seed_t_interval"]
+__all__ = [
+    "Comparison",
+    "compare_groups",
+    "compare_runs",
+    "format_comparison",
+    "paired_bootstrap_ci",
+    "plot_comparison",
+    "seed_t_interval",
+]
 
 # Two-sided 95% quantiles of Student's t, t_{0.975}(df) for df = 1..30 (beyond: normal's 1.96).
 T_975 = (
@@ -78,7 +87,32 @@ def _load_group(name: str, runs: list[Path], split: str, mode: str, users: int) 
     return [read_rankings(Path(run) / f"{stem}.rankings.tsv") for run in runs]
 
 
-def compare_groups(
+@dataclass(frozen=True)
+class GroupResult:
+    """One row of a comparison: a method's runs against the baseline (the first group)."""
+
+    name: str
+    values: dict[str, list[float]]  # metric -> its value in each run
+    delta: tuple[float, float, float] | None  # paired Δ, bootstrap low, high (None: baseline)
+    per_run: list[float] | None = None  # Δ of each run against the baseline's run
+    per_run_interval: tuple[float, float] | None = None  # t interval over ``per_run``
+
+
+@dataclass(frozen=True)
+class Comparison:
+    split: str
+    mode: str
+    n_users: int
+    metrics: list[str]
+    delta_metric: str
+    groups: list[GroupResult]
+
+    @property
+    def by_seed(self) -> bool:
+        return self.groups[-1].per_run is not None
+
+
+def compare_runs(
     groups: dict[str, list[Path]],
     split: str = "test",
     mode: str = "exact",
@@ -86,11 +120,11 @@ def compare_groups(
     ks: tuple[int, ...] = (5, 10),
     delta_metric: str = "ndcg@10",
     n_boot: int = 10_000,
-) -> str:
-    """A markdown table: one row per group (first = baseline), metrics as mean ± std over its
-    runs (the value alone for a single run), and the baseline-paired difference of
-    ``delta_metric`` with a 95% bootstrap interval. ``users`` selects the evaluation of the first N users (``ilrec evaluate --users``).
-    """
+) -> Comparison:
+    """Load every run's rankings (all on the same users) and compute the comparison:
+    per-run metrics, the baseline-paired difference of ``delta_metric`` with a 95% bootstrap
+    interval, and, when every group has as many runs as the baseline (>= 2), the per-run
+    differences with a t interval. ``users`` selects ``ilrec evaluate --users N`` results."""
     loaded = {name: _load_group(name, runs, split, mode, users) for name, runs in groups.items()}
     reference = next(iter(loaded.values()))[0]
     for name, rankings in loaded.items():
@@ -106,41 +140,102 @@ def compare_groups(
         raise ValueError(f"delta_metric must be one of {keys}, got {delta_metric!r}")
     per_user = {name: [r.user_metrics(ks) for r in rankings] for name, rankings in loaded.items()}
     baseline_name = next(iter(per_user))
-    baseline = torch.stack([m[delta_metric] for m in per_user[baseline_name]]).mean(0)
+    baseline_runs = per_user[baseline_name]
+    baseline = torch.stack([m[delta_metric] for m in baseline_runs]).mean(0)
     n_runs = {len(metrics) for metrics in per_user.values()}
     by_seed = len(n_runs) == 1 and n_runs.pop() >= 2
+    results = []
+    for name, metrics in per_user.items():
+        values = {key: [m[key].mean().item() for m in metrics] for key in keys}
+        delta = per_run = interval = None
+        if name != baseline_name:
+            diff = torch.stack([m[delta_metric] for m in metrics]).mean(0) - baseline
+            delta = (diff.mean().item(), *paired_bootstrap_ci(diff, n_boot))
+            if by_seed:
+                base = [m[delta_metric].mean().item() for m in baseline_runs]
+                per_run = [v - b for v, b in zip(values[delta_metric], base, strict=True)]
+                interval = seed_t_interval(per_run)
+        results.append(GroupResult(name, values, delta, per_run, interval))
+    return Comparison(split, mode, len(reference.users), keys, delta_metric, results)
+
+
+def format_comparison(comparison: Comparison) -> str:
+    """The comparison as a markdown table (metrics as mean ± std over runs)."""
+    c, by_seed = comparison, comparison.by_seed
     lines = [
-        f"{len(reference.users)} users, {split} split, {mode} mode; ± = std over runs; "
-        f"Δ = paired difference to {baseline_name} with a 95% bootstrap interval over users"
+        f"{c.n_users} users, {c.split} split, {c.mode} mode; ± = std over runs; "
+        f"Δ = paired difference to {c.groups[0].name} with a 95% bootstrap interval over users"
         + ("; per run: runs paired by position, t interval over them" if by_seed else ""),
         "",
         "| method | runs | "
-        + " | ".join(keys)
-        + f" | Δ {delta_metric} |"
+        + " | ".join(c.metrics)
+        + f" | Δ {c.delta_metric} |"
         + (" Δ per run [t interval] |" if by_seed else ""),
-        "|---|---|" + "---|" * (len(keys) + 1 + by_seed),
+        "|---|---|" + "---|" * (len(c.metrics) + 1 + by_seed),
     ]
-    for name, metrics in per_user.items():
+    for group in c.groups:
         cells = []
-        for key in keys:
-            values = [m[key].mean().item() for m in metrics]
+        for key in c.metrics:
+            values = group.values[key]
             cell = f"{statistics.mean(values):.4f}"
             cells.append(cell + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""))
-        if name == baseline_name:
+        if group.delta is None:
             delta = "—" + (" | —" if by_seed else "")
         else:
-            diff = torch.stack([m[delta_metric] for m in metrics]).mean(0) - baseline
-            lo, hi = paired_bootstrap_ci(diff, n_boot)
-            delta = f"{diff.mean().item():+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            mean, lo, hi = group.delta
+            delta = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
             if by_seed:
-                delta += " | " + _per_run_delta(metrics, per_user[baseline_name], delta_metric)
-        lines.append(f"| {name} | {len(metrics)} | " + " | ".join(cells) + f" | {delta} |")
+                lo, hi = group.per_run_interval
+                delta += " | " + ", ".join(f"{d:+.4f}" for d in group.per_run)
+                delta += f" [{lo:+.4f}, {hi:+.4f}]"
+        runs = len(group.values[c.metrics[0]])
+        lines.append(f"| {group.name} | {runs} | " + " | ".join(cells) + f" | {delta} |")
     return "\n".join(lines) + "\n"
 
 
-def _per_run_delta(metrics: list[dict], baseline: list[dict], key: str) -> str:
-    diffs = [
-        m[key].mean().item() - b[key].mean().item() for m, b in zip(metrics, baseline, strict=True)
-    ]
-    lo, hi = seed_t_interval(diffs)
-    return ", ".join(f"{d:+.4f}" for d in diffs) + f" [{lo:+.4f}, {hi:+.4f}]"
+def compare_groups(
+    groups: dict[str, list[Path]],
+    split: str = "test",
+    mode: str = "exact",
+    users: int = 0,
+    ks: tuple[int, ...] = (5, 10),
+    delta_metric: str = "ndcg@10",
+    n_boot: int = 10_000,
+) -> str:
+    """A markdown table: one row per group (first = baseline), metrics as mean ± std over its
+    runs (the value alone for a single run), and the baseline-paired difference of
+    ``delta_metric`` with a 95% bootstrap interval (see ``compare_runs``)."""
+    return format_comparison(compare_runs(groups, split, mode, users, ks, delta_metric, n_boot))
+
+
+def plot_comparison(comparison: Comparison, out_path: Path) -> Path:
+    """Two panels: each method's ``delta_metric`` (mean over runs, one dot per run) and its
+    paired difference to the baseline with the 95% bootstrap interval over users (dots: the
+    per-run differences when runs are paired by seed)."""
+    from ilrec.evaluation.plots import pyplot, save_figure
+
+    c, plt = comparison, pyplot()
+    names = [g.name for g in c.groups]
+    rows = range(len(names))
+    fig, (ax_value, ax_delta) = plt.subplots(
+        1, 2, figsize=(11, 1.0 + 0.45 * len(names)), sharey=True
+    )
+    for row, group in zip(rows, c.groups, strict=True):
+        values = group.values[c.delta_metric]
+        ax_value.barh(row, statistics.mean(values), color="#9ab")
+        ax_value.plot(values, [row] * len(values), "k.", markersize=4)
+        if group.delta is not None:
+            mean, lo, hi = group.delta
+            color = "#2a7" if lo > 0 else "#c44" if hi < 0 else "#888"
+            ax_delta.errorbar(mean, row, xerr=[[mean - lo], [hi - mean]], fmt="o", color=color)
+            if group.per_run is not None:
+                ax_delta.plot(group.per_run, [row] * len(group.per_run), "k.", markersize=4)
+    ax_value.set_yticks(list(rows), names)
+    ax_value.invert_yaxis()
+    ax_value.set_xlabel(f"{c.delta_metric} ({c.split}, {c.mode}; dots: runs)")
+    ax_delta.axvline(0.0, color="k", linewidth=0.8)
+    dots = "; dots: seeds" if c.by_seed else ""
+    ax_delta.set_xlabel(f"Δ {c.delta_metric} vs {names[0]} (95% paired bootstrap{dots})")
+    fig.suptitle(f"{c.n_users} users")
+    fig.tight_layout()
+    return save_figure(fig, out_path)
