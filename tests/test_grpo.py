@@ -94,6 +94,42 @@ def test_a_reasoning_rollout_always_ends_in_a_valid_identifier(sft_runs, fmt):
             assert trie.match(tail).item() == item
 
 
+def test_reasoning_evaluation_ranks_after_the_greedy_rationale(sft_runs, tmp_path):
+    from ilrec.cli import main
+    from ilrec.evaluation.beam import constrained_beam_search
+    from ilrec.evaluation.ranking import evaluate_examples
+    from ilrec.evaluation.reasoning import generate_rationales, greedy_reasoning_prompts
+
+    setup, model, encoder, trie = _loaded(sft_runs["prompt"])
+    examples = setup.splits.valid[:3]
+    prompts = [encoder.prompt_ids(e.history) for e in examples]
+    tokenizer = encoder.tokenizer
+    separator = tokenizer.encode(REASONING_SEPARATOR, add_special_tokens=False)
+    # by hand, one prompt at a time: greedy rationale, separator, then the usual beam search
+    by_hand = []
+    for prompt in prompts:
+        with torch.inference_mode():
+            (rationale,) = generate_rationales(model, tokenizer, [prompt], 5, do_sample=False)
+        assert len(rationale) <= 5
+        by_hand.append(prompt + rationale + separator)
+    assert greedy_reasoning_prompts(model, tokenizer, prompts, 5, batch_size=2) == by_hand
+    with torch.inference_mode():
+        expected, _ = constrained_beam_search(
+            model, by_hand, trie, 4, pad_token_id=tokenizer.pad_token_id
+        )
+    _, ranked = evaluate_examples(model, encoder, examples, beams=4, ks=(1, 4), reasoning_tokens=5)
+    assert torch.equal(ranked, expected)
+    # the CLI writes its own result file, next to (never over) the plain evaluation
+    run = sft_runs["prompt"]
+    args = ["evaluate", "--run", str(run), "--split", "valid", "--users", "3"]
+    assert main(args + ["--reasoning-tokens", "5"]) == 0
+    assert (run / "eval_valid_beam_reasoning5_first3.rankings.tsv").exists()
+    assert not (run / "eval_valid_beam_first3.json").exists()
+    setup_seq, model_seq, encoder_seq, _ = _loaded(sft_runs["sequence"])
+    with pytest.raises(ValueError, match="text format"):
+        evaluate_examples(model_seq, encoder_seq, setup_seq.splits.valid[:1], reasoning_tokens=2)
+
+
 # -- rewards -------------------------------------------------------------------------------------
 
 

@@ -128,6 +128,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="evaluate only the first N users (0 = all); results go to eval_<split>_<mode>_first<N>.*",
     )
+    p.add_argument(
+        "--reasoning-tokens",
+        type=int,
+        default=0,
+        help="text formats: the model first writes a greedy rationale of up to N tokens and "
+        "' Answer: ' (RLVR-reasoning); results go to eval_<split>_<mode>_reasoning<N>*",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -189,6 +196,12 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--mode", choices=["beam", "exact", "ground", "candidates"], default="exact")
     p.add_argument("--users", type=int, default=0, help="the runs' `evaluate --users N` results")
+    p.add_argument(
+        "--reasoning-tokens",
+        type=int,
+        default=0,
+        help="the runs' `evaluate --reasoning-tokens N` results",
+    )
     p.add_argument(
         "--metric",
         default=None,
@@ -292,7 +305,15 @@ def cmd_align(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ilrec.evaluation.report import evaluate_run
 
-    evaluate_run(args.run, args.split, args.mode, args.beams, args.batch_size, args.users)
+    evaluate_run(
+        args.run,
+        args.split,
+        args.mode,
+        args.beams,
+        args.batch_size,
+        args.users,
+        reasoning_tokens=args.reasoning_tokens,
+    )
     return 0
 
 
@@ -335,6 +356,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         ks=(1, 5) if candidates else (5, 10),
         delta_metric=args.metric or ("ndcg@5" if candidates else "ndcg@10"),
         n_boot=args.bootstrap,
+        reasoning_tokens=args.reasoning_tokens,
     )
     table = format_comparison(comparison)
     print(table, end="")

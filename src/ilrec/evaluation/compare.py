@@ -80,10 +80,12 @@ def seed_t_interval(diffs: list[float]) -> tuple[float, float]:
     return mean - half, mean + half
 
 
-def _load_group(name: str, runs: list[Path], split: str, mode: str, users: int) -> list[Rankings]:
+def _load_group(
+    name: str, runs: list[Path], split: str, mode: str, users: int, reasoning_tokens: int
+) -> list[Rankings]:
     if not runs:
         raise ValueError(f"group {name!r} has no runs")
-    stem = eval_stem(split, mode, users)
+    stem = eval_stem(split, mode, users, reasoning_tokens)
     return [read_rankings(Path(run) / f"{stem}.rankings.tsv") for run in runs]
 
 
@@ -120,12 +122,17 @@ def compare_runs(
     ks: tuple[int, ...] = (5, 10),
     delta_metric: str = "ndcg@10",
     n_boot: int = 10_000,
+    reasoning_tokens: int = 0,
 ) -> Comparison:
     """Load every run's rankings (all on the same users) and compute the comparison:
     per-run metrics, the baseline-paired difference of ``delta_metric`` with a 95% bootstrap
     interval, and, when every group has as many runs as the baseline (>= 2), the per-run
-    differences with a t interval. ``users`` selects ``ilrec evaluate --users N`` results."""
-    loaded = {name: _load_group(name, runs, split, mode, users) for name, runs in groups.items()}
+    differences with a t interval. ``users`` and ``reasoning_tokens`` select the results of
+    ``ilrec evaluate --users N --reasoning-tokens R``."""
+    loaded = {
+        name: _load_group(name, runs, split, mode, users, reasoning_tokens)
+        for name, runs in groups.items()
+    }
     reference = next(iter(loaded.values()))[0]
     for name, rankings in loaded.items():
         for run, r in zip(groups[name], rankings, strict=True):

@@ -21,6 +21,7 @@ from ilrec.distributed import rank_and_world
 from ilrec.evaluation.beam import constrained_beam_search
 from ilrec.evaluation.exact import rank_items, score_all_items
 from ilrec.evaluation.grounding import ground_rank
+from ilrec.evaluation.reasoning import greedy_reasoning_prompts
 from ilrec.identifiers.trie import PrefixTrie
 from ilrec.metrics import rank_metrics
 
@@ -102,9 +103,18 @@ def evaluate_examples(
     batch_size: int = 16,
     ks: tuple[int, ...] = (5, 10),
     progress: bool = False,
+    reasoning_tokens: int = 0,
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """Metrics and top-``beams`` rankings of a list of examples (prompt paraphrase 0)."""
+    """Metrics and top-``beams`` rankings of a list of examples (prompt paraphrase 0).
+    ``reasoning_tokens > 0`` (text formats): each prompt is first extended by the model's greedy
+    rationale of up to that many tokens and the separator, as RLVR-reasoning answers."""
     prompts = [encoder.prompt_ids(e.history) for e in examples]
+    if reasoning_tokens > 0:
+        if encoder.fmt == "sequence":
+            raise ValueError("reasoning needs a text format (data.format=prompt or title)")
+        prompts = greedy_reasoning_prompts(
+            model, encoder.tokenizer, prompts, reasoning_tokens, batch_size
+        )
     was_training = model.training
     model.eval()
     try:

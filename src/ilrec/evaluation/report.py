@@ -33,15 +33,20 @@ def evaluate_run(
     batch_size: int = 16,
     users: int = 0,
     progress: bool = True,
+    reasoning_tokens: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the selected model of ``run_dir`` on ``split``.
 
     Writes ``<stem>.json`` / ``.md`` (metrics next to popularity) and ``.rankings.tsv``
     (every user's target and top-``beams`` items), with the stem of :func:`eval_stem`.
+    ``reasoning_tokens > 0``: the model first writes a greedy rationale of up to that many
+    tokens and the separator (a model trained with ``align.reasoning_tokens``).
     ``mode="candidates"`` (a run with ``data.task=candidates``) is
     :func:`~ilrec.evaluation.candidate_report.evaluate_candidate_run`.
     """
     if mode == "candidates":
+        if reasoning_tokens:
+            raise ValueError("--reasoning-tokens applies to full ranking, not --mode candidates")
         from ilrec.evaluation.candidate_report import evaluate_candidate_run
 
         return evaluate_candidate_run(run_dir, split, batch_size, users, progress)
@@ -71,6 +76,7 @@ def evaluate_run(
         batch_size=batch_size,
         ks=ks,
         progress=progress and main,
+        reasoning_tokens=reasoning_tokens,
     )
     seconds = time.perf_counter() - start
     rows = {
@@ -80,7 +86,7 @@ def evaluate_run(
         f"model ({mode})": metrics,
     }
     if main:
-        stem = run_dir / eval_stem(split, mode, users)
+        stem = run_dir / eval_stem(split, mode, users, reasoning_tokens)
         atomic_write_json(
             stem.with_suffix(".json"),
             {
@@ -88,6 +94,7 @@ def evaluate_run(
                 "mode": mode,
                 "beams": beams,
                 "users": len(examples),
+                "reasoning_tokens": reasoning_tokens,
                 "seconds": round(seconds, 2),
                 "metrics": rows,
             },

@@ -16,10 +16,13 @@ __all__ = ["Rankings", "eval_stem", "rankings_tsv", "read_rankings"]
 HEADER = "user\ttarget\tranked"
 
 
-def eval_stem(split: str, mode: str, users: int = 0) -> str:
-    """Result file stem: ``eval_<split>_<mode>``, ``..._first<N>`` when only N users ran
-    (so a subset never overwrites a full evaluation)."""
-    return f"eval_{split}_{mode}" + (f"_first{users}" if users > 0 else "")
+def eval_stem(split: str, mode: str, users: int = 0, reasoning_tokens: int = 0) -> str:
+    """Result file stem: ``eval_<split>_<mode>``, ``..._reasoning<R>`` when the model wrote a
+    rationale first, ``..._first<N>`` when only N users ran (so a subset or a variant never
+    overwrites a full evaluation)."""
+    stem = f"eval_{split}_{mode}"
+    stem += f"_reasoning{reasoning_tokens}" if reasoning_tokens > 0 else ""
+    return stem + (f"_first{users}" if users > 0 else "")
 
 
 def rankings_tsv(examples: list[Example], ranked: torch.Tensor) -> str:

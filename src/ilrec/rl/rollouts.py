@@ -16,11 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from ilrec.evaluation.beam import constrained_beam_search, last_logits_kwargs, left_pad
+from ilrec.evaluation.reasoning import REASONING_SEPARATOR, generate_rationales
 from ilrec.identifiers.trie import PrefixTrie
 
 __all__ = ["Rollouts", "beam_rollouts", "reasoning_rollouts", "sampled_rollouts"]
-
-REASONING_SEPARATOR = " Answer: "
 
 
 @dataclass
@@ -135,38 +134,29 @@ def reasoning_rollouts(
 ) -> Rollouts:
     """Up to ``n_tokens`` sampled rationale tokens (stopping at EOS), the separator, then a
     constrained sampled identifier, for G rollouts per prompt."""
-    pad = tokenizer.pad_token_id
-    eos = tokenizer.eos_token_id
     separator = tokenizer.encode(REASONING_SEPARATOR, add_special_tokens=False)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         repeated = [p for p in prompts for _ in range(g)]
-        ids, mask, _ = left_pad(repeated, pad, device)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # generate samples from the global RNG
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
-            generated = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+            rationales = generate_rationales(
+                model,
+                tokenizer,
+                repeated,
+                n_tokens,
                 do_sample=True,
                 temperature=temperature,
                 top_k=0,
                 top_p=1.0,
-                max_new_tokens=n_tokens,
-                min_new_tokens=0,
-                pad_token_id=pad,
-                eos_token_id=eos,
-            )[:, ids.shape[1] :]
+            )
     finally:
         model.train(was_training)
-    rationales = []
-    for row in generated.tolist():
-        cut = row.index(eos) if eos in row else len(row)
-        rationales.append([t for t in row[:cut] if t != pad])
     prefixes = [r + separator for r in rationales]
     full = [p + x for p, x in zip(repeated, prefixes, strict=True)]
-    items = constrained_sample(model, full, trie, 1, temperature, generator, pad)
+    items = constrained_sample(model, full, trie, 1, temperature, generator, tokenizer.pad_token_id)
     grouped = [prefixes[u * g : (u + 1) * g] for u in range(len(prompts))]
     return Rollouts(items.reshape(len(prompts), g), grouped)
