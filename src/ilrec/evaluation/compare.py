@@ -28,6 +28,7 @@ from ilrec.evaluation.result_files import Rankings, eval_stem, read_rankings
 
 __all__ = [
     "Comparison",
+    "GroupResult",
     "compare_groups",
     "compare_runs",
     "format_comparison",
