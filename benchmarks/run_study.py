@@ -93,22 +93,17 @@ def main() -> int:
     parser.add_argument("--root", help="where run folders go (overrides the study's root)")
     args = parser.parse_args()
     study = load_study(args.study, args.root)
+    for step in study["steps"]:
+        if Path(step["done"]).exists():
+            print(f"[done] {step['name']}")
+        elif args.dry_run:
+            print(f"[run ] {step['name']}: {' '.join(command(step)[2:])}")
     if args.dry_run:
-        for step in study["steps"]:
-            done = Path(step["done"]).exists()
-            print(
-                f"[done] {step['name']}"
-                if done
-                else f"[run ] {step['name']}: " + " ".join(command(step)[2:])
-            )
         return 0
     root = Path(study["root"])
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **{k: str(v) for k, v in (study.get("env") or {}).items()}}
-    for step in study["steps"]:
-        if Path(step["done"]).exists():
-            print(f"[done] {step['name']}")
     # The file is read again before every step: a study regenerated while it runs (a new
     # selection, a reordering) takes effect at its next step.
     while (step := next_step(study)) is not None:

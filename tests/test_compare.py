@@ -82,7 +82,9 @@ def test_paired_bootstrap_ci():
         paired_bootstrap_ci(torch.zeros(0))
 
 
-def test_compare_groups_table(tmp_path):
+def _two_seeds_each(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    """SFT: both seeds hit users a (rank 0) and b (rank 3); New: seed 0 moves b to rank 0,
+    seed 1 adds c at rank 0."""
     base = [
         _write_run(tmp_path / f"sft{s}", _ranked_with_target_at([0, 3, -1, -1])) for s in (0, 1)
     ]
@@ -90,6 +92,11 @@ def test_compare_groups_table(tmp_path):
         _write_run(tmp_path / "new0", _ranked_with_target_at([0, 0, -1, -1])),
         _write_run(tmp_path / "new1", _ranked_with_target_at([0, 3, 0, -1])),
     ]
+    return base, better
+
+
+def test_compare_groups_table(tmp_path):
+    base, better = _two_seeds_each(tmp_path)
     table = compare_groups({"SFT": base, "New": better}, n_boot=500)
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
     assert "4 users" in table
@@ -112,13 +119,7 @@ def test_seed_t_interval_hand():
 
 
 def test_compare_groups_pairs_runs_by_position_when_groups_match(tmp_path):
-    base = [
-        _write_run(tmp_path / f"sft{s}", _ranked_with_target_at([0, 3, -1, -1])) for s in (0, 1)
-    ]
-    better = [
-        _write_run(tmp_path / "new0", _ranked_with_target_at([0, 0, -1, -1])),
-        _write_run(tmp_path / "new1", _ranked_with_target_at([0, 3, 0, -1])),
-    ]
+    base, better = _two_seeds_each(tmp_path)
     rows = compare_groups({"SFT": base, "New": better}, n_boot=200).splitlines()
     assert rows[2].endswith("| Δ ndcg@10 | Δ per run [t interval] |")
     sft = (1 + 1 / math.log2(5)) / 4

@@ -201,19 +201,11 @@ def format_comparison(comparison: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_groups(
-    groups: dict[str, list[Path]],
-    split: str = "test",
-    mode: str = "exact",
-    users: int = 0,
-    ks: tuple[int, ...] = (5, 10),
-    delta_metric: str = "ndcg@10",
-    n_boot: int = 10_000,
-) -> str:
+def compare_groups(groups: dict[str, list[Path]], **options) -> str:
     """A markdown table: one row per group (first = baseline), metrics as mean ± std over its
     runs (the value alone for a single run), and the baseline-paired difference of
-    ``delta_metric`` with a 95% bootstrap interval (see ``compare_runs``)."""
-    return format_comparison(compare_runs(groups, split, mode, users, ks, delta_metric, n_boot))
+    ``delta_metric`` with a 95% bootstrap interval; ``options`` are ``compare_runs``'s."""
+    return format_comparison(compare_runs(groups, **options))
 
 
 def plot_comparison(comparison: Comparison, out_path: Path) -> Path:
