@@ -11,12 +11,15 @@ finished step is never redone; a `train` or `align` step whose run folder holds 
 is continued with ``--resume``; a step that fails stops the study (its output is in
 ``{root}/logs/<name>.log``). Kill the study at any time and start it again: it picks up where
 it stopped. The file is read again before every step, so a study regenerated while it runs
-takes effect at its next step.
+takes effect at its next step. ``--steps PATTERN`` (repeatable, shell-style) restricts a
+runner to the steps whose names match, so two runners can share one study on disjoint steps,
+one per core (e.g. ``--steps 'cand_*'`` and ``--steps 'title_*'``).
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import subprocess
 import sys
@@ -74,9 +77,16 @@ def _wait_for(path: Path, name: str, poll_seconds: int = 60) -> None:
         time.sleep(poll_seconds)
 
 
-def next_step(study: dict) -> dict | None:
+def selected(study: dict, patterns: list[str] | None) -> list[dict]:
+    """The study's steps whose names match one of ``patterns`` (all of them without any)."""
+    if not patterns:
+        return study["steps"]
+    return [s for s in study["steps"] if any(fnmatch.fnmatchcase(s["name"], p) for p in patterns)]
+
+
+def next_step(steps: list[dict]) -> dict | None:
     """The first step whose ``done`` file does not exist yet."""
-    return next((s for s in study["steps"] if not Path(s["done"]).exists()), None)
+    return next((s for s in steps if not Path(s["done"]).exists()), None)
 
 
 def command(step: dict) -> list[str]:
@@ -91,9 +101,14 @@ def main() -> int:
     parser.add_argument("study", type=Path)
     parser.add_argument("--dry-run", action="store_true", help="print what would run")
     parser.add_argument("--root", help="where run folders go (overrides the study's root)")
+    parser.add_argument(
+        "--steps", action="append", metavar="PATTERN", help="only steps whose names match"
+    )
     args = parser.parse_args()
     study = load_study(args.study, args.root)
-    for step in study["steps"]:
+    if not selected(study, args.steps):
+        raise SystemExit(f"{args.study}: no step matches {args.steps}")
+    for step in selected(study, args.steps):
         if Path(step["done"]).exists():
             print(f"[done] {step['name']}")
         elif args.dry_run:
@@ -106,7 +121,7 @@ def main() -> int:
     env = {**os.environ, **{k: str(v) for k, v in (study.get("env") or {}).items()}}
     # The file is read again before every step: a study regenerated while it runs (a new
     # selection, a reordering) takes effect at its next step.
-    while (step := next_step(study)) is not None:
+    while (step := next_step(selected(study, args.steps))) is not None:
         if "after" in step:
             _wait_for(Path(step["after"]), step["name"])
         cmd = command(step)

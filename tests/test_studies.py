@@ -205,3 +205,26 @@ def test_sweep_table_gives_paired_differences_to_sft(tmp_path):
     text = plot_sweep.table(points, missing, "ndcg@10", users)
     assert "| center | 0.5000 | 0.5000 | +0.2500 [" in text
     assert plot_sweep.figure(points, "ndcg@10", tmp_path / "sweep.png").is_file()
+
+
+def test_runners_with_disjoint_step_patterns_share_one_study(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    steps = [
+        {"name": n, "args": ["evaluate", n], "done": f"{root}/{n}.done"}
+        for n in ("cand_a", "title_a", "cand_b")
+    ]
+    study = _write_study(tmp_path / "s.yaml", root, steps)
+    ran = []
+
+    def fake_call(cmd, **kwargs):
+        ran.append(cmd[-1])
+        (root / f"{cmd[-1]}.done").write_text("")
+        return 0
+
+    monkeypatch.setattr(run_study.subprocess, "call", fake_call)
+    monkeypatch.setattr(sys, "argv", ["run_study.py", str(study), "--steps", "cand_*"])
+    assert run_study.main() == 0
+    assert ran == ["cand_a", "cand_b"]
+    monkeypatch.setattr(sys, "argv", ["run_study.py", str(study), "--steps", "nothing*"])
+    with pytest.raises(SystemExit, match="no step matches"):
+        run_study.main()
