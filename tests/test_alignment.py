@@ -181,6 +181,27 @@ def test_every_method_trains_two_steps_in_every_format(sft_runs, cf_run, tmp_pat
         assert saved.align.from_run == str(start) and saved.align.method == method
 
 
+def test_continued_sft_control_trains_on_the_preference_prompts(sft_runs, tmp_path, monkeypatch):
+    """align.method=sft: cross-entropy from the SFT run on exactly the prompts a preference
+    method with the same align.examples / align.seed trains on."""
+    import ilrec.alignment.stage as stage
+
+    start = sft_runs["sequence"]
+    seen = []
+    real = stage.training_examples
+    monkeypatch.setattr(stage, "training_examples", lambda *a: seen.append(real(*a)) or seen[-1])
+    out = tmp_path / "sft_control"
+    config = _stage(start, out, "train.max_steps=2", "align.method=sft", "align.examples=16")
+    result = align(config)
+    assert 0.0 <= result["ndcg@10"] <= 1.0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["method"] == "sft" and summary["examples"] == 16
+    setup = load_setup(load_config(out / "config.yaml"))
+    assert seen == [training_examples(setup, 16, config.align.seed)]
+    before = load_file(str(start / "model" / "model.safetensors"))
+    assert any(not torch.equal(before[k], v) for k, v in _weights(out).items())
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 

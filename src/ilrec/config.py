@@ -193,7 +193,7 @@ class EvalConfig:
             raise ConfigError(f"eval.beams={self.beams} is below the largest cutoff {max(self.ks)}")
 
 
-ALIGN_METHODS = ("dpo", "sdpo", "rosepo", "sprec", "grpo")
+ALIGN_METHODS = ("dpo", "sdpo", "rosepo", "sprec", "grpo", "sft")
 NEGATIVE_SAMPLERS = ("random", "popular", "self_hard", "greedy", "candidates")
 GRPO_REWARDS = ("rule", "ranking", "cf")
 
@@ -204,7 +204,9 @@ class AlignConfig:
     SPRec's self-play loop and GRPO. The starting run's model is the policy and, frozen, the
     reference."""
 
-    method: str = "dpo"  # dpo | sdpo | rosepo | sprec | grpo
+    # dpo | sdpo | rosepo | sprec | grpo | sft (continued SFT on the same prompts: the
+    # control that separates a method's preference signal from its extra training)
+    method: str = "dpo"
     from_run: str | None = None  # the finished run this stage starts from (set by --from)
     beta: float = 0.1  # DPO-family inverse temperature; GRPO: the KL coefficient
     examples: int = 0  # training prompts used (a seeded subsample; 0 = all)

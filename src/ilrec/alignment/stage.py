@@ -57,6 +57,8 @@ def align(
         from ilrec.alignment.grpo import run_grpo
 
         return run_grpo(config, resume, overwrite, callbacks)
+    if method == "sft":
+        return run_continued_sft(config, None, resume, overwrite, callbacks)
     return run_preference(config, resume, overwrite, callbacks)
 
 
@@ -136,18 +138,21 @@ def run_preference(
 
 def run_continued_sft(
     config: Config,
-    examples: list[Example],
+    examples: list[Example] | None = None,
     resume: bool = False,
     overwrite: bool = False,
     callbacks: list[TrainerCallback] | None = None,
 ) -> dict[str, float]:
-    """Cross-entropy on ``examples`` (prompt + target) starting from ``align.from_run`` (the
-    SFT step of SPRec's loop)."""
+    """Cross-entropy on ``examples`` (prompt + target) starting from ``align.from_run``: the
+    SFT step of SPRec's loop, or ``align.method=sft`` (``examples`` None: the same seeded
+    ``align.examples`` prompts a preference method would train on)."""
     import random
 
     from ilrec.data.encoding import PaddingCollator
 
     start, setup, model, encoder = open_stage(config, resume, overwrite)
+    if examples is None:
+        examples = training_examples(setup, config.align.examples, config.align.seed)
     rng = random.Random(config.train.seed)
     features = [encoder.encode_example(e, rng.randrange(encoder.n_paraphrases)) for e in examples]
     return fit(
