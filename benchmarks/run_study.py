@@ -106,9 +106,10 @@ def main() -> int:
     )
     args = parser.parse_args()
     study = load_study(args.study, args.root)
-    if not selected(study, args.steps):
+    steps = selected(study, args.steps)
+    if not steps:
         raise SystemExit(f"{args.study}: no step matches {args.steps}")
-    for step in selected(study, args.steps):
+    for step in steps:
         if Path(step["done"]).exists():
             print(f"[done] {step['name']}")
         elif args.dry_run:

@@ -141,9 +141,15 @@ def test_compare_groups_rejects_other_users(tmp_path):
         compare_groups({"A": [a], "B": [b]})
 
 
-def test_compare_cli(tmp_path, capsys):
+def _cli_runs(tmp_path: Path) -> tuple[Path, Path]:
+    """Run a hits every user at its rank 0..3; run b moves user a from rank 0 to rank 1."""
     a = _write_run(tmp_path / "a", _ranked_with_target_at([0, 1, 2, 3]))
     b = _write_run(tmp_path / "b", _ranked_with_target_at([1, 1, 2, 3]))
+    return a, b
+
+
+def test_compare_cli(tmp_path, capsys):
+    a, b = _cli_runs(tmp_path)
     out = tmp_path / "table.md"
     args = ["compare", "--group", "A", str(a), "--group", "B", str(b), "--out", str(out)]
     assert main(args + ["--bootstrap", "200"]) == 0
@@ -160,8 +166,7 @@ def test_compare_cli(tmp_path, capsys):
 
 
 def test_compare_cli_plot(tmp_path, capsys):
-    a = _write_run(tmp_path / "a", _ranked_with_target_at([0, 1, 2, 3]))
-    b = _write_run(tmp_path / "b", _ranked_with_target_at([1, 1, 2, 3]))
+    a, b = _cli_runs(tmp_path)
     plot = tmp_path / "compare.png"
     args = ["compare", "--group", "A", str(a), "--group", "B", str(b), "--plot", str(plot)]
     assert main(args + ["--bootstrap", "200"]) == 0

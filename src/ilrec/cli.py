@@ -94,7 +94,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_align(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "align",
-        help="a stage from a finished run: DPO, S-DPO, RosePO, SPRec, GRPO or continued SFT (align.method)",
+        help="a stage from a finished run: DPO, S-DPO, RosePO, SPRec, GRPO or continued SFT "
+        "(align.method)",
     )
     p.add_argument(
         "--from", dest="from_run", required=True, type=Path, help="the finished run to start from"

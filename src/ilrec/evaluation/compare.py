@@ -152,6 +152,7 @@ def compare_runs(
     baseline = torch.stack([m[delta_metric] for m in baseline_runs]).mean(0)
     n_runs = {len(metrics) for metrics in per_user.values()}
     by_seed = len(n_runs) == 1 and n_runs.pop() >= 2
+    baseline_per_run = [m[delta_metric].mean().item() for m in baseline_runs]
     results = []
     for name, metrics in per_user.items():
         values = {key: [m[key].mean().item() for m in metrics] for key in keys}
@@ -160,8 +161,9 @@ def compare_runs(
             diff = torch.stack([m[delta_metric] for m in metrics]).mean(0) - baseline
             delta = (diff.mean().item(), *paired_bootstrap_ci(diff, n_boot))
             if by_seed:
-                base = [m[delta_metric].mean().item() for m in baseline_runs]
-                per_run = [v - b for v, b in zip(values[delta_metric], base, strict=True)]
+                per_run = [
+                    v - b for v, b in zip(values[delta_metric], baseline_per_run, strict=True)
+                ]
                 interval = seed_t_interval(per_run)
         results.append(GroupResult(name, values, delta, per_run, interval))
     return Comparison(split, mode, len(reference.users), keys, delta_metric, results)
