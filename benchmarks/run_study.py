@@ -7,8 +7,9 @@ it), optional ``env`` (environment variables, e.g. ``OMP_NUM_THREADS: "1"``) and
 each step is ``{name, args, done}`` where ``args`` are the arguments of ``ilrec`` and ``done``
 the file whose existence marks the step finished; an optional ``after`` names a file another
 study writes (e.g. the SFT run this stage starts from): the step waits until it exists. A
-finished step is never redone; a `train` or `align` step whose run folder holds a checkpoint
-is continued with ``--resume``; a step that fails stops the study (its output is in
+finished step is never redone; a `train` or `align` step whose run folder it already started
+is continued with ``--resume`` (from its last checkpoint, or from step 0 if it stopped before
+the first); a step that fails stops the study (its output is in
 ``{root}/logs/<name>.log``). Kill the study at any time and start it again: it picks up where
 it stopped. The file is read again before every step, so a study regenerated while it runs
 takes effect at its next step. ``--steps PATTERN`` (repeatable, shell-style) restricts a
@@ -60,14 +61,10 @@ def run_folder(args: list[str]) -> Path | None:
 
 
 def is_started(args: list[str]) -> bool:
-    """A train step resumes from a checkpoint; an align step also from its saved preparation
-    (negatives, reference log-probabilities) before the first checkpoint."""
+    """Whether a train/align step's run folder holds a started run (``ilrec ... --resume``
+    continues it from its last checkpoint, or from step 0 when it stopped before the first)."""
     folder = run_folder(args)
-    if folder is None or not folder.is_dir():
-        return False
-    if any(folder.glob("checkpoint-*")):
-        return True
-    return args[0] == "align" and (folder / "config.yaml").exists()
+    return folder is not None and (folder / "config.yaml").exists()
 
 
 def _wait_for(path: Path, name: str, poll_seconds: int = 60) -> None:

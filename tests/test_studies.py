@@ -114,6 +114,7 @@ def test_runner_skips_finished_steps_and_resumes_started_ones(tmp_path):
     finished.mkdir(parents=True)
     (finished / "train_summary.json").write_text("{}")
     (started / "checkpoint-10").mkdir(parents=True)
+    (started / "config.yaml").write_text("{}")
 
     def train(folder: Path) -> dict:
         args = ["train", "-c", "x.yaml", f"train.output_dir={{root}}/{folder.name}"]
@@ -150,14 +151,16 @@ def test_runner_reads_a_study_regenerated_while_it_runs(tmp_path, monkeypatch):
     assert ran == ["a", "c", "b"]
 
 
-def test_an_align_step_resumes_from_its_saved_preparation(tmp_path):
-    folder = tmp_path / "align"
+@pytest.mark.parametrize("command", ["train", "align"])
+def test_a_started_step_is_resumed(tmp_path, command):
+    folder = tmp_path / "run"
+    args = [command, f"train.output_dir={folder}"]
+    assert not run_study.is_started(args)
     folder.mkdir()
-    args = ["align", "--from", "x", f"train.output_dir={folder}"]
     assert not run_study.is_started(args)
     (folder / "config.yaml").write_text("{}")
     assert run_study.is_started(args)
-    assert not run_study.is_started(["train", f"train.output_dir={folder}"])
+    assert run_study.command({"args": args})[-1] == "--resume"
 
 
 @pytest.mark.parametrize(

@@ -104,26 +104,36 @@ def test_smoke_smollm2(synthetic_dir, tmp_path, tiny_overrides):
     assert (run / "model" / "config.json").exists()
 
 
-def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides):
-    common = ("train.max_steps=8", "train.eval_every=3", "train.save_total_limit=5")
-    straight = tmp_path / "straight"
-    train(load_config(None, tiny_overrides(synthetic_dir, straight, *common)))
-
-    killed = tmp_path / "killed"
-    config = load_config(None, tiny_overrides(synthetic_dir, killed, *common))
+def _killed_and_resumed(run, overrides, kill_at: int) -> None:
+    config = load_config(None, overrides)
     with pytest.raises(KeyboardInterrupt):
-        train(config, callbacks=[KillAt(5)])  # checkpoint-3 exists, steps 4-5 are lost
-    assert (killed / "checkpoint-3").exists() and not (killed / "model").exists()
+        train(config, callbacks=[KillAt(kill_at)])
+    assert not (run / "model").exists()
     with pytest.raises(RunExistsError):
         train(config)  # never silently reuses the folder
     train(config, resume=True)
 
-    a, b = _weights(straight), _weights(killed)
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
-    steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(steps)  # records past the resumed checkpoint were dropped
+
+def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides):
+    common = ("train.max_steps=8", "train.eval_every=3", "train.save_total_limit=5")
+    straight = tmp_path / "straight"
+    train(load_config(None, tiny_overrides(synthetic_dir, straight, *common)))
+    a = _weights(straight)
+    # killed at step 5 (checkpoint-3 exists, steps 4-5 lost), and at step 2, before the first
+    # checkpoint: --resume starts that one again from step 0
+    for kill_at in (5, 2):
+        killed = tmp_path / f"killed_{kill_at}"
+        _killed_and_resumed(killed, tiny_overrides(synthetic_dir, killed, *common), kill_at)
+        b = _weights(killed)
+        assert a.keys() == b.keys()
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+        records = (killed / "metrics.jsonl").read_text().splitlines()
+        steps = [json.loads(x)["step"] for x in records]
+        assert steps == sorted(steps)  # records past the resumed step were dropped
+        assert steps == [
+            json.loads(x)["step"] for x in (straight / "metrics.jsonl").read_text().splitlines()
+        ]
 
 
 def test_resume_without_checkpoint_is_an_error(synthetic_dir, tmp_path, tiny_overrides):

@@ -66,7 +66,7 @@ def open_stage(config: Config, resume: bool, overwrite: bool) -> tuple[RunStart,
     """A stage's run folder (checked; restartable before its first checkpoint), the data, the
     starting run's model (trainable, LoRA adapters kept) and the encoder; writes the run's
     config, environment and tokenizer."""
-    start = start_run(config, resume, overwrite, restart_ok=True)
+    start = start_run(config, resume, overwrite)
     setup = load_setup(config)
     model, tokenizer = load_trained(Path(config.align.from_run), trainable=True)
     encoder = make_encoder(setup, tokenizer)

@@ -45,17 +45,17 @@ class FeatureDataset(Dataset):
         return self.features[i]
 
 
-def check_run_dir(
-    run_dir: Path, resume: bool, overwrite: bool, restart_ok: bool = False
-) -> str | None:
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> str | None:
     """The checkpoint to resume from, or None; refuses to silently reuse a run folder.
 
-    ``restart_ok``: a stage whose preparation (negatives, reference log-probabilities) was
-    saved before its first checkpoint resumes from the start, reusing those files.
+    ``resume`` on a run stopped before its first checkpoint (its ``config.yaml`` written, no
+    ``checkpoint-*``) starts it again from step 0, reusing what it prepared (an alignment
+    stage's negatives and reference log-probabilities); only its log records are redone.
     """
     last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
     if resume:
-        if last is None and restart_ok and (run_dir / "config.yaml").exists():
+        if last is None and (run_dir / "config.yaml").exists():
+            log.info("%s: no checkpoint yet; starting the run again from step 0", run_dir)
             return None
         if last is None:
             raise RunExistsError(
@@ -137,14 +137,14 @@ class RunStart:
         return self.args.process_index == 0
 
 
-def start_run(config: Config, resume: bool, overwrite: bool, restart_ok: bool = False) -> RunStart:
+def start_run(config: Config, resume: bool, overwrite: bool) -> RunStart:
     """Threads, Trainer arguments (which start the process group when distributed) and the
     run folder check; every rank has checked the folder before any writes into it."""
     set_threads(config.train.threads)
     run_dir = Path(config.train.output_dir)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     args = training_arguments(config, run_dir)
-    checkpoint = check_run_dir(run_dir, resume, overwrite, restart_ok)
+    checkpoint = check_run_dir(run_dir, resume, overwrite)
     barrier()
     return RunStart(run_dir, args, checkpoint, overwrite)
 

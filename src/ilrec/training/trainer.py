@@ -91,11 +91,12 @@ class JsonlLogger(TrainerCallback):
         self.path = path
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # After a resume, drop records past the checkpoint we restarted from.
-        if state.is_world_process_zero and self.path.exists() and state.global_step > 0:
+        # After a resume (or a restart from step 0), drop records past the starting step.
+        if state.is_world_process_zero and self.path.exists():
+            lines = self.path.read_text().splitlines() if state.global_step > 0 else []
             keep = [
                 line
-                for line in self.path.read_text().splitlines()
+                for line in lines
                 if line and json.loads(line).get("step", 0) <= state.global_step
             ]
             self.path.write_text("".join(f"{line}\n" for line in keep))
