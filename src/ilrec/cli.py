@@ -86,7 +86,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fine-tune a causal LM as a generative recommender")
     p.add_argument("-c", "--config", type=Path, default=None, help="YAML config (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.beta=0.1")
-    p.add_argument("--resume", action="store_true", help="continue a killed run (from step 0 if it had no checkpoint yet)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run (from step 0 if it had no checkpoint yet)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=cmd_train)
 
