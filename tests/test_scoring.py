@@ -7,6 +7,7 @@ import torch
 
 from conftest import tiny_causal_lm
 from ilrec.data.packing import PackedCollator, pack_responses, packed_attention_mask
+from ilrec.models.modes import eval_mode
 from ilrec.models.scoring import response_token_logprobs, score_responses, sequence_logprobs
 
 
@@ -75,3 +76,12 @@ def test_gradient_flows_and_matches_no_grad():
     torch.testing.assert_close(lp.sum(-1), reference, rtol=1e-6, atol=1e-6)
     lp.sum().backward()
     assert model.model.embed_tokens.weight.grad is not None
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eval_mode_restores_the_previous_mode_even_when_the_block_raises(training):
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5)).train(training)
+    with pytest.raises(KeyError), eval_mode(model):
+        assert not model.training and not model[0].training
+        raise KeyError
+    assert model.training == training and model[0].training == training

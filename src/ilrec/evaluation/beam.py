@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ilrec.distributed import in_lockstep
 from ilrec.identifiers.trie import PrefixTrie
+from ilrec.models.modes import eval_mode
 
 __all__ = ["constrained_beam_search", "left_pad"]
 
@@ -86,21 +87,16 @@ def constrained_beam_search(
         raise ValueError(f"num_beams={num_beams} exceeds the number of items ({trie.n_items})")
     if num_beams < 1 or batch_size < 1:
         raise ValueError(f"num_beams and batch_size must be >= 1, got {num_beams}, {batch_size}")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     trie = trie if trie.device == device else trie.to(device)
     items, scores = [], []
     starts = range(0, len(prompts), batch_size)
-    try:
-        with torch.inference_mode():
-            for start in tqdm(starts, disable=not progress, desc="beam search"):
-                batch = prompts[start : start + batch_size]
-                out = _search_batch(model, batch, trie, num_beams, pad_token_id, device)
-                items.append(out[0].cpu())
-                scores.append(out[1].cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for start in tqdm(starts, disable=not progress, desc="beam search"):
+            batch = prompts[start : start + batch_size]
+            out = _search_batch(model, batch, trie, num_beams, pad_token_id, device)
+            items.append(out[0].cpu())
+            scores.append(out[1].cpu())
     return torch.cat(items), torch.cat(scores)
 
 

@@ -30,6 +30,7 @@ from ilrec.distributed import in_lockstep
 from ilrec.evaluation.beam import left_pad
 from ilrec.evaluation.ranking import shard_rows
 from ilrec.metrics import rank_metrics
+from ilrec.models.modes import eval_mode
 from ilrec.models.scoring import score_responses
 
 __all__ = [
@@ -206,14 +207,10 @@ def generate_answers(
     """
     max_new = max_new_tokens or default_new_tokens(encoder)
     prompts = [encoder.example_prompt_ids(e) for e in examples]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         ids = shard_rows(
             lambda mine: _generate_ids(model, encoder, mine, max_new, batch_size), prompts
         )
-    finally:
-        model.train(was_training)
     return [
         encoder.tokenizer.decode(
             [t for t in row if t >= 0], skip_special_tokens=True, clean_up_tokenization_spaces=False

@@ -26,6 +26,7 @@ from transformers import DynamicCache
 
 from ilrec.evaluation.beam import last_logits_kwargs, left_pad
 from ilrec.identifiers.trie import PrefixTrie
+from ilrec.models.modes import eval_mode
 
 __all__ = ["internal_positions", "rank_items", "score_all_items"]
 
@@ -65,20 +66,15 @@ def score_all_items(
     """
     if batch_size < 1 or node_chunk < 1:
         raise ValueError(f"batch_size and node_chunk must be >= 1, got {batch_size}, {node_chunk}")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     trie = trie if trie.device == device else trie.to(device)
     out = []
-    try:
-        with torch.inference_mode():
-            starts = range(0, len(prompts), batch_size)
-            for start in tqdm(starts, disable=not progress, desc="exact scoring"):
-                batch = prompts[start : start + batch_size]
-                node_lp = _TreeScorer(model, trie, batch, pad_token_id, node_chunk).run()
-                out.append(node_lp[:, trie.item_node].cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, disable=not progress, desc="exact scoring"):
+            batch = prompts[start : start + batch_size]
+            node_lp = _TreeScorer(model, trie, batch, pad_token_id, node_chunk).run()
+            out.append(node_lp[:, trie.item_node].cpu())
     return torch.cat(out)
 
 

@@ -15,6 +15,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from ilrec.distributed import in_lockstep
 from ilrec.evaluation.beam import left_pad
+from ilrec.models.modes import eval_mode
 
 
 @torch.inference_mode()
@@ -87,16 +88,14 @@ def ground_rank(
     batch_size: int = 16,
 ) -> Tensor:
     """``LongTensor[U, k]``: items nearest (L2) to each free generation."""
-    was_training = model.training
-    model.eval()
-    texts = generate_free(model, prompts, tokenizer, batch_size=batch_size)
-    generated = [strip_quotes(t) for t in texts]
 
     def encode(strings: list[str]) -> list[list[int]]:
         return [tokenizer.encode(s or " ", add_special_tokens=False) for s in strings]
 
-    items = embed_texts(model, encode(titles), tokenizer.pad_token_id)
-    queries = embed_texts(model, encode(generated), tokenizer.pad_token_id)
-    model.train(was_training)
+    with eval_mode(model):
+        texts = generate_free(model, prompts, tokenizer, batch_size=batch_size)
+        generated = [strip_quotes(t) for t in texts]
+        items = embed_texts(model, encode(titles), tokenizer.pad_token_id)
+        queries = embed_texts(model, encode(generated), tokenizer.pad_token_id)
     distances = torch.cdist(queries, items)  # [U, I]
     return torch.topk(distances, k, dim=1, largest=False).indices

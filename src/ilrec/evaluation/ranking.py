@@ -24,6 +24,7 @@ from ilrec.evaluation.grounding import ground_rank
 from ilrec.evaluation.reasoning import greedy_reasoning_prompts
 from ilrec.identifiers.trie import PrefixTrie
 from ilrec.metrics import rank_metrics
+from ilrec.models.modes import eval_mode
 
 MODES = ("beam", "exact", "ground")
 
@@ -115,13 +116,9 @@ def evaluate_examples(
         prompts = greedy_reasoning_prompts(
             model, encoder.tokenizer, prompts, reasoning_tokens, batch_size
         )
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         ranker = make_ranker(model, encoder, mode, beams, batch_size, progress)
         ranked = rank_sharded(ranker, prompts, beams)
-    finally:
-        model.train(was_training)
     targets = torch.tensor([e.target for e in examples])
     return rank_metrics(ranked, targets, ks=ks), ranked
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ilrec.evaluation.beam import left_pad
+from ilrec.models.modes import eval_mode
 
 __all__ = ["REASONING_SEPARATOR", "generate_rationales", "greedy_reasoning_prompts"]
 
@@ -45,14 +46,10 @@ def greedy_reasoning_prompts(
     """Each prompt extended by its greedy rationale (up to ``n_tokens``) and the separator:
     the context in which a reasoning-trained model names its item."""
     separator = tokenizer.encode(REASONING_SEPARATOR, add_special_tokens=False)
-    was_training = model.training
-    model.eval()
-    try:
-        out = []
+    out = []
+    with eval_mode(model):
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]
             rationales = generate_rationales(model, tokenizer, batch, n_tokens, do_sample=False)
             out += [p + r + separator for p, r in zip(batch, rationales, strict=True)]
-    finally:
-        model.train(was_training)
     return out

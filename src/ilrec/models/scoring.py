@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ilrec.data.packing import PackedCollator, pack_responses, packed_attention_mask
 from ilrec.models.layers import lm_parts
+from ilrec.models.modes import eval_mode
 
 __all__ = ["response_token_logprobs", "score_responses", "sequence_logprobs"]
 
@@ -95,11 +96,9 @@ def score_responses(
     mode without gradient (reference caches, candidate ranking)."""
     collate = PackedCollator(pad_token_id)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    try:
-        starts = range(0, len(prompts), batch_size)
+    starts = range(0, len(prompts), batch_size)
+    with eval_mode(model):
         for start in progress(starts) if progress else starts:
             features = [
                 pack_responses(p, r)
@@ -111,6 +110,4 @@ def score_responses(
             ]
             batch = {k: v.to(device) for k, v in collate(features).items()}
             out.append(sequence_logprobs(model, batch).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 0)

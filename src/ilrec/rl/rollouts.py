@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ilrec.evaluation.beam import constrained_beam_search, last_logits_kwargs, left_pad
 from ilrec.evaluation.reasoning import REASONING_SEPARATOR, generate_rationales
 from ilrec.identifiers.trie import PrefixTrie
+from ilrec.models.modes import eval_mode
 
 __all__ = ["Rollouts", "beam_rollouts", "reasoning_rollouts", "sampled_rollouts"]
 
@@ -60,9 +61,7 @@ def constrained_sample(
     The prompts run once; their KV cache is repeated ``n`` times; each step samples from
     ``softmax(logits / temperature)`` over the children of the row's trie node.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = next(model.parameters()).device
         trie = trie if trie.device == device else trie.to(device)
         ids, mask, positions = left_pad(prompts, pad, device)
@@ -104,8 +103,6 @@ def constrained_sample(
         if bool((items < 0).any()):
             raise RuntimeError("constrained sampling ended outside an item (empty trie node)")
         return items.reshape(len(prompts), n).cpu()
-    finally:
-        model.train(was_training)
 
 
 def sampled_rollouts(
@@ -136,9 +133,7 @@ def reasoning_rollouts(
     constrained sampled identifier, for G rollouts per prompt."""
     separator = tokenizer.encode(REASONING_SEPARATOR, add_special_tokens=False)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         repeated = [p for p in prompts for _ in range(g)]
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # generate samples from the global RNG
@@ -153,8 +148,6 @@ def reasoning_rollouts(
                 top_k=0,
                 top_p=1.0,
             )
-    finally:
-        model.train(was_training)
     prefixes = [r + separator for r in rationales]
     full = [p + x for p, x in zip(repeated, prefixes, strict=True)]
     items = constrained_sample(model, full, trie, 1, temperature, generator, tokenizer.pad_token_id)

@@ -43,6 +43,7 @@ from ilrec.data.split import Example, Splits, leave_one_out
 from ilrec.metrics import rank_metrics
 from ilrec.models.cf import CF_MODELS, SequentialRecommender, build_cf_model, pad_histories
 from ilrec.models.cf import model_parameters as _model_parameters
+from ilrec.models.modes import eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -317,12 +318,8 @@ def cf_item_probs(
     Returns:
         ``[B, n_items]`` float32 probabilities on the model's device; rows sum to 1.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return torch.softmax(_logits(model, histories, users).float(), dim=-1)
-    finally:
-        model.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ilrec.data.encoding import Encoder
 from ilrec.data.packing import PackedCollator, pack_responses
 from ilrec.identifiers.trie import PrefixTrie
 from ilrec.losses import grpo_advantages, grpo_loss
+from ilrec.models.modes import eval_mode
 from ilrec.models.scoring import response_token_logprobs
 from ilrec.rl import rollouts as ro
 from ilrec.rl.rewards import build_reward
@@ -155,12 +156,8 @@ class GRPOObjective:
 
 
 def _eval_logprobs(model: nn.Module, packed: dict[str, Tensor]) -> Tensor:
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return response_token_logprobs(model, packed)[0]
-    finally:
-        model.train(was_training)
 
 
 def _expand(order: Tensor, like: Tensor) -> Tensor:
