@@ -148,7 +148,12 @@ def align_run(method: str, tag: str, seed: int) -> tuple[str, list[str]]:
     run = f"{{root}}/align/{method}_{tag}_s{seed}"
     args = ["align", "--from", f"{{root}}/sft_s{seed}", "-c", f"configs/align/{config}.yaml"]
     args += [f"train.output_dir={run}", f"train.seed={seed}", f"align.seed={seed}"]
-    args += ["train.threads=1", f"align.examples={ALIGN_EXAMPLES}", *common, *grid[tag]]
+    examples = (
+        []
+        if any(a.startswith("align.examples=") for a in common)
+        else [f"align.examples={ALIGN_EXAMPLES}"]
+    )
+    args += ["train.threads=1", *examples, *common, *grid[tag]]
     return run, args
 
 
