@@ -86,13 +86,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fine-tune a causal LM as a generative recommender")
     p.add_argument("-c", "--config", type=Path, default=None, help="YAML config (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.beta=0.1")
+    _add_run_folder_flags(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _add_run_folder_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue a killed run (from step 0 if it had no checkpoint yet)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.set_defaults(func=cmd_train)
 
 
 def _add_align(sub: argparse._SubParsersAction) -> None:
@@ -106,8 +110,7 @@ def _add_align(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-c", "--config", type=Path, default=None, help="configs/align/*.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. align.beta=0.5")
-    p.add_argument("--resume", action="store_true", help="continue a killed stage")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    _add_run_folder_flags(p)
     p.set_defaults(func=cmd_align)
 
 
