@@ -104,10 +104,12 @@ def test_smoke_smollm2(synthetic_dir, tmp_path, tiny_overrides):
     assert (run / "model" / "config.json").exists()
 
 
-def _killed_and_resumed(run, overrides, kill_at: int) -> None:
+def _killed_and_resumed(run, overrides, kill_at: int, checkpoints: list[str]) -> None:
+    """Train, kill at step ``kill_at`` (leaving exactly ``checkpoints``), then --resume."""
     config = load_config(None, overrides)
     with pytest.raises(KeyboardInterrupt):
         train(config, callbacks=[KillAt(kill_at)])
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == checkpoints
     assert not (run / "model").exists()
     with pytest.raises(RunExistsError):
         train(config)  # never silently reuses the folder
@@ -119,21 +121,24 @@ def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides):
     straight = tmp_path / "straight"
     train(load_config(None, tiny_overrides(synthetic_dir, straight, *common)))
     a = _weights(straight)
+    straight_steps = _logged_steps(straight)
     # killed at step 5 (checkpoint-3 exists, steps 4-5 lost), and at step 2, before the first
     # checkpoint: --resume starts that one again from step 0
-    for kill_at in (5, 2):
+    for kill_at, checkpoints in ((5, ["checkpoint-3"]), (2, [])):
         killed = tmp_path / f"killed_{kill_at}"
-        _killed_and_resumed(killed, tiny_overrides(synthetic_dir, killed, *common), kill_at)
+        overrides = tiny_overrides(synthetic_dir, killed, *common)
+        _killed_and_resumed(killed, overrides, kill_at, checkpoints)
         b = _weights(killed)
         assert a.keys() == b.keys()
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
-        records = (killed / "metrics.jsonl").read_text().splitlines()
-        steps = [json.loads(x)["step"] for x in records]
+        steps = _logged_steps(killed)
         assert steps == sorted(steps)  # records past the resumed step were dropped
-        assert steps == [
-            json.loads(x)["step"] for x in (straight / "metrics.jsonl").read_text().splitlines()
-        ]
+        assert steps == straight_steps
+
+
+def _logged_steps(run) -> list[int]:
+    return [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_resume_without_checkpoint_is_an_error(synthetic_dir, tmp_path, tiny_overrides):
