@@ -243,3 +243,9 @@ def test_runs_saved_with_sign_aware_still_load(tmp_path: Path) -> None:
     assert load_config(path).objective.penalty == "scale"
     with pytest.raises(ConfigError, match="contradicts"):
         load_config(None, ["objective.sign_aware=true", "objective.penalty=additive"])
+
+
+@pytest.mark.parametrize("key", ["train.patience", "train.save_every"])
+def test_negative_step_counts_are_rejected(key) -> None:
+    with pytest.raises(ConfigError, match=rf"{key} must be >= 0"):
+        load_config(overrides=[f"{key}=-1"])

@@ -122,11 +122,17 @@ def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides):
     train(load_config(None, tiny_overrides(synthetic_dir, straight, *common)))
     a = _weights(straight)
     straight_steps = _logged_steps(straight)
-    # killed at step 5 (checkpoint-3 exists, steps 4-5 lost), and at step 2, before the first
-    # checkpoint: --resume starts that one again from step 0
-    for kill_at, checkpoints in ((5, ["checkpoint-3"]), (2, [])):
-        killed = tmp_path / f"killed_{kill_at}"
-        overrides = tiny_overrides(synthetic_dir, killed, *common)
+    # killed at step 5 (checkpoint-3 exists, steps 4-5 lost); at step 2, before the first
+    # checkpoint (--resume starts that one again from step 0); at step 5 with an extra
+    # checkpoint every 2 steps between validations (only step 5 is lost)
+    cases = (
+        (5, (), ["checkpoint-3"]),
+        (2, (), []),
+        (5, ("train.save_every=2",), ["checkpoint-2", "checkpoint-3", "checkpoint-4"]),
+    )
+    for i, (kill_at, extra, checkpoints) in enumerate(cases):
+        killed = tmp_path / f"killed_{i}"
+        overrides = tiny_overrides(synthetic_dir, killed, *common, *extra)
         _killed_and_resumed(killed, overrides, kill_at, checkpoints)
         b = _weights(killed)
         assert a.keys() == b.keys()

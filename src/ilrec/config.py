@@ -157,6 +157,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     eval_every: int = 0  # steps between validations (0 = once per epoch)
+    # steps between extra resumable checkpoints (0 = only with each validation): a long epoch
+    # interrupted mid-way then loses at most this many steps, not the whole epoch
+    save_every: int = 0
     save_total_limit: int = 3
     logging_steps: int = 10
     threads: int = (
@@ -175,6 +178,8 @@ class TrainConfig:
         _positive("train.batch_size", self.batch_size)
         if self.patience < 0:
             raise ConfigError(f"train.patience must be >= 0, got {self.patience}")
+        if self.save_every < 0:
+            raise ConfigError(f"train.save_every must be >= 0 (0 = off), got {self.save_every}")
         _positive("train.grad_accum", self.grad_accum)
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")

@@ -214,6 +214,7 @@ def fit(
         callbacks=[
             JsonlLogger(run_dir / "metrics.jsonl"),
             *stop_callbacks(config),
+            *save_callbacks(config),
             *(callbacks or []),
         ],
     )
@@ -293,6 +294,26 @@ def stop_callbacks(config: Config) -> list[TrainerCallback]:
     if config.train.patience <= 0:
         return []
     return [EarlyStoppingCallback(early_stopping_patience=config.train.patience)]
+
+
+class SaveEvery(TrainerCallback):
+    """A resumable checkpoint every ``steps`` optimizer steps, between validations.
+
+    TrainingArguments ties ``save_steps`` to ``eval_steps`` when the best model is loaded at
+    the end, so the extra saves are requested here; the rotation keeps the best checkpoint."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.steps == 0:
+            control.should_save = True
+        return control
+
+
+def save_callbacks(config: Config) -> list[TrainerCallback]:
+    """Extra checkpoints when ``train.save_every`` > 0."""
+    return [SaveEvery(config.train.save_every)] if config.train.save_every > 0 else []
 
 
 def validation_subsample(examples: list, n: int, seed: int) -> list:
