@@ -18,8 +18,8 @@ from ilrec.metrics import rank_metrics
 from ilrec.training.run import RunExistsError, train
 
 
-def _weights(run_dir):
-    return load_file(str(run_dir / "model" / "model.safetensors"))
+def _weights(run_dir, folder: str = "model"):
+    return load_file(str(run_dir / folder / "model.safetensors"))
 
 
 @pytest.mark.parametrize(
@@ -116,11 +116,16 @@ def _killed_and_resumed(run, overrides, kill_at: int, checkpoints: list[str]) ->
     train(config, resume=True)
 
 
-def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides):
-    common = ("train.max_steps=8", "train.eval_every=3", "train.save_total_limit=5")
+@pytest.mark.parametrize("order", ["random", "grouped"])
+def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides, order):
+    # the selected model (model/) may be a checkpoint from before the kill; the last
+    # checkpoint (checkpoint-9) holds the weights after the resumed steps
+    common = ("train.max_steps=9", "train.eval_every=3", "train.save_total_limit=5")
+    if order == "grouped":  # length-grouped batches: 5 steps per epoch of 303 examples
+        common += ("train.group_by_length=true", "train.batch_size=64")
     straight = tmp_path / "straight"
     train(load_config(None, tiny_overrides(synthetic_dir, straight, *common)))
-    a = _weights(straight)
+    a = _selected_and_last(straight)
     straight_steps = _logged_steps(straight)
     # killed at step 5 (checkpoint-3 exists, steps 4-5 lost); at step 2, before the first
     # checkpoint (--resume starts that one again from step 0); at step 5 with an extra
@@ -130,17 +135,28 @@ def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides):
         (2, (), []),
         (5, ("train.save_every=2",), ["checkpoint-2", "checkpoint-3", "checkpoint-4"]),
     )
+    if order == "grouped":  # resumed inside epoch 1, whose order is drawn from seed + 1
+        cases = ((7, (), ["checkpoint-3", "checkpoint-6"]),)
     for i, (kill_at, extra, checkpoints) in enumerate(cases):
         killed = tmp_path / f"killed_{i}"
         overrides = tiny_overrides(synthetic_dir, killed, *common, *extra)
         _killed_and_resumed(killed, overrides, kill_at, checkpoints)
-        b = _weights(killed)
+        b = _selected_and_last(killed)
         assert a.keys() == b.keys()
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
         steps = _logged_steps(killed)
         assert steps == sorted(steps)  # records past the resumed step were dropped
         assert steps == straight_steps
+
+
+def _selected_and_last(run) -> dict[str, torch.Tensor]:
+    """Weights of the selected model and of the last checkpoint, keyed ``folder/name``."""
+    return {
+        f"{folder}/{name}": tensor
+        for folder in ("model", "checkpoint-9")
+        for name, tensor in _weights(run, folder).items()
+    }
 
 
 def _logged_steps(run) -> list[int]:

@@ -211,6 +211,7 @@ def fit(
         data_collator=collator,
         objective=objective,
         rank_metrics_fn=rank_metrics_fn,
+        group_by_length=config.train.group_by_length,
         callbacks=[
             JsonlLogger(run_dir / "metrics.jsonl"),
             *stop_callbacks(config),

@@ -13,6 +13,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ilrec.runs.files import append_jsonl
+from ilrec.training.sampling import LengthGroupedSampler
 
 
 class RecTrainer(Trainer):
@@ -21,6 +22,8 @@ class RecTrainer(Trainer):
     Args:
         objective: maps ``(model, batch)`` to an ``ObjectiveOutput`` (loss + floats to log).
         rank_metrics_fn: maps the model to validation ranking metrics (``{"ndcg@10": ...}``).
+        group_by_length: train on batches of examples of similar length
+            (:class:`~ilrec.training.sampling.LengthGroupedSampler`) instead of random ones.
     """
 
     def __init__(
@@ -28,13 +31,25 @@ class RecTrainer(Trainer):
         *args,
         objective: Callable,
         rank_metrics_fn: Callable[[torch.nn.Module], dict[str, float]],
+        group_by_length: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.group_by_length = group_by_length
         self.objective = objective
         self.rank_metrics_fn = rank_metrics_fn
         self._objective_logs: dict[str, list[float]] = defaultdict(list)
         self.eval_seconds = 0.0  # time spent in validation ranking (part of train_runtime)
+
+    def _get_train_sampler(self, train_dataset=None):
+        # replaces only the random order: a stage that feeds its batches in a fixed order
+        # (GRPO's repeated rollout batches, ``train_sampling_strategy="sequential"``) keeps it
+        if not self.group_by_length or self.args.train_sampling_strategy != "random":
+            return super()._get_train_sampler(train_dataset)
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        lengths = [len(example["input_ids"]) for example in dataset]
+        seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
+        return LengthGroupedSampler(lengths, self.args.train_batch_size, seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = self.objective(model, inputs)
