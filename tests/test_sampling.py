@@ -107,3 +107,18 @@ def test_trainer_groups_only_a_random_order(tmp_path, group, strategy, expected)
     assert isinstance(sampler, expected)
     if group:
         assert max(len(data[i]["input_ids"]) for i in list(sampler)[:4]) == 9  # longest first
+
+
+def test_two_ranks_split_grouped_batches_between_them():
+    # how accelerate shards the sampler's batches under DDP: rank r takes every other batch
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    rng = random.Random(2)
+    lengths = [rng.randint(5, 80) for _ in range(64 * 40)]
+    sampler = LengthGroupedSampler(lengths, 8, seed=0)
+    shards = [list(BatchSamplerShard(BatchSampler(sampler, 8, False), 2, rank)) for rank in (0, 1)]
+    seen = [i for shard in shards for batch in shard for i in batch]
+    assert sorted(seen) == list(range(len(lengths)))  # every example once, on one rank
+    for shard in shards:
+        assert padded_fraction(lengths, [i for b in shard for i in b], 8) < 0.1
