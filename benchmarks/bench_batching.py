@@ -7,7 +7,7 @@ copies of the same model, so machine-speed drifts hit both alike. Prints a markd
 padding, median step time, and the projected time of one epoch each way with their ratio.
 
     python benchmarks/bench_batching.py --config configs/study/instruments_sft.yaml --threads 1
-    python benchmarks/bench_batching.py --config configs/demo.yaml --steps 10   # seconds
+    python benchmarks/bench_batching.py --config configs/demo.yaml --steps 10   # after make demo
 
 Run it with nothing else on the machine.
 """
@@ -39,11 +39,15 @@ def epoch_batches(lengths: list[int], batch_size: int, grouped: bool, seed: int)
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def padded_tokens(lengths: list[int], batches: list[list]) -> int:
+    """Tokens of ``batches`` once each is padded to its longest example."""
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
 def padding_share(lengths: list[int], batches: list[list]) -> tuple[float, int]:
-    """(share of padding among the padded tokens, padded tokens) of ``batches``."""
-    real = sum(lengths)
-    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    return 1 - real / padded, padded
+    """(share of padding among the padded tokens, padded tokens) of one epoch of ``batches``."""
+    padded = padded_tokens(lengths, batches)
+    return 1 - sum(lengths) / padded, padded
 
 
 def parse_args() -> argparse.Namespace:
@@ -102,8 +106,7 @@ def main() -> int:
             batches[kind][s % len(batches[kind])]
             for s in range(args.warmup, args.warmup + args.steps)
         ]
-        tokens = sum(len(b) * max(lengths[i] for i in b) for b in timed)
-        per_token[kind] = sum(times[kind]) / tokens
+        per_token[kind] = sum(times[kind]) / padded_tokens(lengths, timed)
     epoch = {k: per_token[k] * padding[k][1] for k in kinds}
     print(
         f"{args.config} ({len(features):,} training examples, batch {batch_size}, "

@@ -160,8 +160,9 @@ class TrainConfig:
     # steps between extra resumable checkpoints (0 = only with each validation): a long epoch
     # interrupted mid-way then loses at most this many steps, not the whole epoch
     save_every: int = 0
-    # batches of examples of similar length (far less padding: ~2.5x fewer tokens per epoch in
-    # the sequence format) instead of random ones; see ilrec.training.sampling
+    # batches of examples of similar length instead of random ones: far less padding (3x fewer
+    # tokens per epoch in the sequence format on Instruments, BENCHMARKS.md); see
+    # ilrec.training.sampling
     group_by_length: bool = False
     save_total_limit: int = 3
     logging_steps: int = 10

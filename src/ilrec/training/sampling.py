@@ -9,8 +9,8 @@ mega-batches of 50 batches, each sorted by length). On top of it the full batche
 shuffled, so training does not sweep each mega-batch from its longest to its shortest
 examples (the batch holding the longest example still comes first, as in Hugging Face's
 sampler, so an out-of-memory error shows at the first step), and the order is drawn from
-``seed + epoch`` (the Trainer calls ``set_epoch``), so
-a resumed run sees exactly the order of an uninterrupted one.
+``seed + epoch`` (the Trainer calls ``set_epoch``), so a resumed run sees exactly the order of
+an uninterrupted one.
 """
 
 from __future__ import annotations
