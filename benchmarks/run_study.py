@@ -20,6 +20,7 @@ one per core (e.g. ``--steps 'cand_*'`` and ``--steps 'title_*'``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import os
 import subprocess
@@ -67,11 +68,45 @@ def is_started(args: list[str]) -> bool:
     return folder is not None and (folder / "config.yaml").exists()
 
 
-def _wait_for(path: Path, name: str, poll_seconds: int = 60) -> None:
-    if not path.exists():
-        print(f"[wait] {name}: until {path} exists", flush=True)
-    while not path.exists():
-        time.sleep(poll_seconds)
+POLL_SECONDS = 30  # how often a runner with nothing it can run looks again
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def claim(logs: Path, name: str) -> bool:
+    """Take step ``name`` for this runner by creating ``logs/<name>.claim`` (atomically) with
+    this process id; False when a live runner holds it. A dead runner's claim is first moved
+    aside (an atomic rename: of two runners taking it over, one wins)."""
+    path = logs / f"{name}.claim"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                continue  # released meanwhile
+            if not text.strip().isdigit() or _alive(int(text)):
+                return False  # held, or being written by the runner that just took it
+            with contextlib.suppress(FileNotFoundError):  # another runner moved it first
+                path.rename(path.with_name(f"{path.name}.stale-{os.getpid()}"))
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release(logs: Path, name: str) -> None:
+    (logs / f"{name}.claim").unlink(missing_ok=True)
 
 
 def selected(study: dict, patterns: list[str] | None) -> list[dict]:
@@ -81,9 +116,13 @@ def selected(study: dict, patterns: list[str] | None) -> list[dict]:
     return [s for s in study["steps"] if any(fnmatch.fnmatchcase(s["name"], p) for p in patterns)]
 
 
-def next_step(steps: list[dict]) -> dict | None:
-    """The first step whose ``done`` file does not exist yet."""
-    return next((s for s in steps if not Path(s["done"]).exists()), None)
+def pending(steps: list[dict]) -> list[dict]:
+    """The steps whose ``done`` file does not exist yet, in study order."""
+    return [s for s in steps if not Path(s["done"]).exists()]
+
+
+def is_ready(step: dict) -> bool:
+    return "after" not in step or Path(step["after"]).exists()
 
 
 def command(step: dict) -> list[str]:
@@ -91,6 +130,16 @@ def command(step: dict) -> list[str]:
     if step["args"][0] in RESUMABLE and is_started(step["args"]):
         cmd.append("--resume")
     return cmd
+
+
+def run_step(step: dict, logs: Path, env: dict[str, str]) -> int:
+    cmd = command(step)
+    print(f"[run ] {step['name']}: {' '.join(cmd[2:])}", flush=True)
+    start = time.time()
+    with open(logs / f"{step['name']}.log", "a") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    print(f"       exit {code} after {time.time() - start:.0f} s", flush=True)
+    return code
 
 
 def main() -> int:
@@ -119,15 +168,24 @@ def main() -> int:
     env = {**os.environ, **{k: str(v) for k, v in (study.get("env") or {}).items()}}
     # The file is read again before every step: a study regenerated while it runs (a new
     # selection, a reordering) takes effect at its next step.
-    while (step := next_step(selected(study, args.steps))) is not None:
-        if "after" in step:
-            _wait_for(Path(step["after"]), step["name"])
-        cmd = command(step)
-        print(f"[run ] {step['name']}: {' '.join(cmd[2:])}", flush=True)
-        start = time.time()
-        with open(logs / f"{step['name']}.log", "a") as log:
-            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        print(f"       exit {code} after {time.time() - start:.0f} s", flush=True)
+    waiting = None
+    while todo := pending(selected(study, args.steps)):
+        step = next((s for s in todo if is_ready(s) and claim(logs, s["name"])), None)
+        if step is None:
+            names = ", ".join(s["name"] for s in todo)
+            if names != waiting:
+                print(f"[wait] {names}: claimed by another runner or after a file", flush=True)
+                waiting = names
+            time.sleep(POLL_SECONDS)
+            study = load_study(args.study, args.root)
+            continue
+        waiting = None
+        try:
+            if Path(step["done"]).exists():  # finished by another runner meanwhile
+                continue
+            code = run_step(step, logs, env)
+        finally:
+            release(logs, step["name"])
         if code != 0 or not Path(step["done"]).exists():
             print(f"step {step['name']} failed: see {logs / step['name']}.log", file=sys.stderr)
             return 1

@@ -5,6 +5,7 @@ runner skips finished steps, resumes started ones and rejects malformed files.""
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,10 @@ run_study = _module(RUNNER)
         ("instruments_size.yaml", lambda: make_studies.size_study()),
         ("instruments_ilrec_sweep.yaml", lambda: make_studies.ilrec_sweep_study()),
         ("games.yaml", lambda: make_studies.games_study(make_studies.SELECTED)),
+        (
+            "instruments_exact_grouped.yaml",
+            lambda: make_studies.grouped_exact_study(make_studies.SELECTED),
+        ),
     ],
 )
 def test_generated_study_files_are_up_to_date(name, build):
@@ -231,3 +236,88 @@ def test_runners_with_disjoint_step_patterns_share_one_study(tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", ["run_study.py", str(study), "--steps", "nothing*"])
     with pytest.raises(SystemExit, match="no step matches"):
         run_study.main()
+
+
+def _evaluate_steps(root: Path, names: str, **extra) -> list[dict]:
+    return [
+        {"name": n, "args": ["evaluate", n], "done": f"{root}/{n}.done", **extra.get(n, {})}
+        for n in names
+    ]
+
+
+def _run_shared(tmp_path, monkeypatch, steps, on_sleep) -> list[str]:
+    """Run the runner on ``steps`` with a fake command (writes the step's done file) and a
+    fake sleep (``on_sleep``: what the rest of the world does meanwhile)."""
+    root = tmp_path / "runs"
+    study = _write_study(tmp_path / "s.yaml", root, steps)
+    ran = []
+
+    def fake_call(cmd, **kwargs):
+        ran.append(cmd[-1])
+        (root / f"{cmd[-1]}.done").write_text("")
+        return 0
+
+    sleeps = []
+
+    def fake_sleep(seconds):
+        sleeps.append(seconds)
+        assert len(sleeps) < 5, "the runner kept waiting"
+        on_sleep()
+
+    monkeypatch.setattr(run_study.subprocess, "call", fake_call)
+    monkeypatch.setattr(run_study.time, "sleep", fake_sleep)
+    monkeypatch.setattr(sys, "argv", ["run_study.py", str(study)])
+    assert run_study.main() == 0
+    return ran
+
+
+def test_a_claim_is_exclusive_until_released(tmp_path):
+    assert run_study.claim(tmp_path, "a")
+    assert (tmp_path / "a.claim").read_text() == str(os.getpid())
+    assert not run_study.claim(tmp_path, "a")  # held by a live runner (this one)
+    run_study.release(tmp_path, "a")
+    assert run_study.claim(tmp_path, "a")
+
+
+def test_runners_sharing_a_study_pass_over_a_step_another_runner_holds(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    (root / "logs").mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (root / "logs" / "a.claim").write_text(str(other.pid))
+
+        def other_runner_finishes_a():
+            (root / "a.done").write_text("")
+            (root / "logs" / "a.claim").unlink()
+
+        ran = _run_shared(
+            tmp_path, monkeypatch, _evaluate_steps(root, "ab"), other_runner_finishes_a
+        )
+    finally:
+        other.kill()
+        other.wait()
+    assert ran == ["b"]
+
+
+def test_the_claim_of_a_runner_that_died_is_taken_over(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    (root / "logs").mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (root / "logs" / "a.claim").write_text(str(dead.pid))
+    ran = _run_shared(tmp_path, monkeypatch, _evaluate_steps(root, "ab"), lambda: None)
+    assert ran == ["a", "b"]
+    assert not (root / "logs" / "a.claim").exists()  # released after the step
+
+
+def test_a_step_waiting_for_its_after_file_is_passed_over(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    prerequisite = tmp_path / "elsewhere" / "final.json"
+    steps = _evaluate_steps(root, "ab", a={"after": str(prerequisite)})
+
+    def another_study_writes_it():
+        prerequisite.parent.mkdir(parents=True, exist_ok=True)
+        prerequisite.write_text("{}")
+
+    ran = _run_shared(tmp_path, monkeypatch, steps, another_study_writes_it)
+    assert ran == ["b", "a"]
