@@ -215,60 +215,44 @@ def test_sweep_table_gives_paired_differences_to_sft(tmp_path):
     assert plot_sweep.figure(points, "ndcg@10", tmp_path / "sweep.png").is_file()
 
 
-def test_runners_with_disjoint_step_patterns_share_one_study(tmp_path, monkeypatch):
-    root = tmp_path / "runs"
-    steps = [
-        {"name": n, "args": ["evaluate", n], "done": f"{root}/{n}.done"}
-        for n in ("cand_a", "title_a", "cand_b")
-    ]
-    study = _write_study(tmp_path / "s.yaml", root, steps)
-    ran = []
-
-    def fake_call(cmd, **kwargs):
-        ran.append(cmd[-1])
-        (root / f"{cmd[-1]}.done").write_text("")
-        return 0
-
-    monkeypatch.setattr(run_study.subprocess, "call", fake_call)
-    monkeypatch.setattr(sys, "argv", ["run_study.py", str(study), "--steps", "cand_*"])
-    assert run_study.main() == 0
-    assert ran == ["cand_a", "cand_b"]
-    monkeypatch.setattr(sys, "argv", ["run_study.py", str(study), "--steps", "nothing*"])
-    with pytest.raises(SystemExit, match="no step matches"):
-        run_study.main()
-
-
-def _evaluate_steps(root: Path, names: str, **extra) -> list[dict]:
+def _evaluate_steps(root: Path, names, **extra) -> list[dict]:
     return [
         {"name": n, "args": ["evaluate", n], "done": f"{root}/{n}.done", **extra.get(n, {})}
         for n in names
     ]
 
 
-def _run_shared(tmp_path, monkeypatch, steps, on_sleep) -> list[str]:
+def _run_fake(tmp_path, monkeypatch, steps, options=(), on_sleep=None) -> list[str]:
     """Run the runner on ``steps`` with a fake command (writes the step's done file) and a
-    fake sleep (``on_sleep``: what the rest of the world does meanwhile)."""
+    fake sleep (``on_sleep``: what the rest of the world does meanwhile); the steps run."""
     root = tmp_path / "runs"
     study = _write_study(tmp_path / "s.yaml", root, steps)
-    ran = []
+    ran, sleeps = [], []
 
     def fake_call(cmd, **kwargs):
         ran.append(cmd[-1])
         (root / f"{cmd[-1]}.done").write_text("")
         return 0
 
-    sleeps = []
-
     def fake_sleep(seconds):
         sleeps.append(seconds)
-        assert len(sleeps) < 5, "the runner kept waiting"
+        assert on_sleep is not None and len(sleeps) < 5, "the runner kept waiting"
         on_sleep()
 
     monkeypatch.setattr(run_study.subprocess, "call", fake_call)
     monkeypatch.setattr(run_study.time, "sleep", fake_sleep)
-    monkeypatch.setattr(sys, "argv", ["run_study.py", str(study)])
+    monkeypatch.setattr(sys, "argv", ["run_study.py", str(study), *options])
     assert run_study.main() == 0
     return ran
+
+
+def test_runners_with_disjoint_step_patterns_share_one_study(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    steps = _evaluate_steps(root, ["cand_a", "title_a", "cand_b"])
+    ran = _run_fake(tmp_path, monkeypatch, steps, ["--steps", "cand_*"])
+    assert ran == ["cand_a", "cand_b"]
+    with pytest.raises(SystemExit, match="no step matches"):
+        _run_fake(tmp_path, monkeypatch, steps, ["--steps", "nothing*"])
 
 
 def test_a_claim_is_exclusive_until_released(tmp_path):
@@ -290,9 +274,8 @@ def test_runners_sharing_a_study_pass_over_a_step_another_runner_holds(tmp_path,
             (root / "a.done").write_text("")
             (root / "logs" / "a.claim").unlink()
 
-        ran = _run_shared(
-            tmp_path, monkeypatch, _evaluate_steps(root, "ab"), other_runner_finishes_a
-        )
+        steps = _evaluate_steps(root, "ab")
+        ran = _run_fake(tmp_path, monkeypatch, steps, on_sleep=other_runner_finishes_a)
     finally:
         other.kill()
         other.wait()
@@ -305,7 +288,7 @@ def test_the_claim_of_a_runner_that_died_is_taken_over(tmp_path, monkeypatch):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (root / "logs" / "a.claim").write_text(str(dead.pid))
-    ran = _run_shared(tmp_path, monkeypatch, _evaluate_steps(root, "ab"), lambda: None)
+    ran = _run_fake(tmp_path, monkeypatch, _evaluate_steps(root, "ab"))
     assert ran == ["a", "b"]
     assert not (root / "logs" / "a.claim").exists()  # released after the step
 
@@ -319,5 +302,5 @@ def test_a_step_waiting_for_its_after_file_is_passed_over(tmp_path, monkeypatch)
         prerequisite.parent.mkdir(parents=True, exist_ok=True)
         prerequisite.write_text("{}")
 
-    ran = _run_shared(tmp_path, monkeypatch, steps, another_study_writes_it)
+    ran = _run_fake(tmp_path, monkeypatch, steps, on_sleep=another_study_writes_it)
     assert ran == ["b", "a"]
