@@ -126,6 +126,18 @@ def train_step(name: str, config: str, run: str, seed: int = 0, overrides=()) ->
     return step(name, args, f"{run}/train_summary.json", after)
 
 
+def sasrec_step(dataset: str, *overrides: str) -> dict:
+    """``ilrec train-cf``: the study's SASRec on ``../shared/data/<dataset>``."""
+    args = ["train-cf", "-c", "configs/cf/sasrec.yaml", "--data", f"../shared/data/{dataset}"]
+    args += ["--out", CF_RUN, *overrides, "progress=false"]
+    return step("cf_sasrec", args, f"{CF_RUN}/final.json")
+
+
+def align_after(method: str) -> str:
+    """What a seed-0 alignment step waits for: the SFT run; RosePO its CF oracle instead."""
+    return f"{CF_RUN}/final.json" if method == "rosepo" else "{root}/sft_s0/train_summary.json"
+
+
 def sft_study() -> dict:
     """Seed-major (SFT and ILRec of seed 0, then of seed 1, ...) so that a paired comparison
     exists after the first two runs; the slow exact evaluations come last."""
@@ -229,13 +241,12 @@ def alignment_study(selected: dict[str, str]) -> dict:
             if rank >= len(tags):
                 continue
             run, args = align_run(method, tags[rank], 0)
-            after = f"{CF_RUN}/final.json" if method == "rosepo" else None
             steps.append(
                 step(
                     f"{method}_{tags[rank]}_s0",
                     args,
                     f"{run}/train_summary.json",
-                    after or "{root}/sft_s0/train_summary.json",
+                    align_after(method),
                 )
             )
             steps.append(evaluate(run, "valid"))
@@ -267,22 +278,7 @@ def games_study(selected: dict[str, str]) -> dict:
     protocol), the classic SASRec (RosePO's oracle, ILRec's CRR reward), and each alignment
     method at the configuration selected on Instruments' validation split (the default
     grid point when phase 1 has not selected one)."""
-    steps = [
-        step(
-            "cf_sasrec",
-            [
-                "train-cf",
-                "-c",
-                "configs/cf/sasrec.yaml",
-                "--data",
-                "../shared/data/Games",
-                "--out",
-                CF_RUN,
-                "progress=false",
-            ],
-            f"{CF_RUN}/final.json",
-        )
-    ]
+    steps = [sasrec_step("Games")]
     for kind in ("sft", "ilrec"):
         run = f"{{root}}/{kind}_s0"
         steps.append(train_step(f"{kind}_s0", f"games_{kind}", run))
@@ -303,34 +299,33 @@ def games_study(selected: dict[str, str]) -> dict:
     return {"root": "runs/games", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
 
-GROUPED_EXACT_USERS = 1000  # a session's budget: ~17 min per model on one shared thread
+GROUPED_EXACT_USERS = 1000  # a session's budget: 11-15 min per model on one shared thread
 GROUPED_METHODS = ("dpo", "sdpo", "rosepo", "sprec")
 
 
 def grouped_exact_study(selected: dict[str, str]) -> dict:
-    """Issue 10's exact rows: SFT with length-grouped batches (seed 0; 3x faster, same test
-    NDCG@10 as the random-order runs), ILRec on the same protocol, and each DPO-family method
+    """Issue 10's exact rows: SFT with length-grouped batches (seed 0; 3x faster, test NDCG@10
+    no lower than the random-order runs'), ILRec on the same protocol, and each DPO-family method
     at its selected setting from that SFT run (their own batches in random order, as in the
     beam rows), each ranked exactly on the first ``GROUPED_EXACT_USERS`` test users and by
     beam on all of them. Fits one session on two cores."""
     grouped = ["train.group_by_length=true"]
     steps = [
-        step(
-            "cf_sasrec",
-            ["train-cf", "-c", "configs/cf/sasrec.yaml", "--data", "../shared/data/Instruments"]
-            + ["--out", CF_RUN, "epochs=60", "progress=false"],
-            f"{CF_RUN}/final.json",
-        ),
+        sasrec_step("Instruments", "epochs=60"),
         train_step("sft_s0", "instruments_sft", "{root}/sft_s0", overrides=grouped),
         train_step("ilrec_s0", "instruments_ilrec", "{root}/ilrec_s0", overrides=grouped),
     ]
     runs = ["{root}/sft_s0", "{root}/ilrec_s0"]
     for method in GROUPED_METHODS:
         run, args = align_run(method, selected[method], 0)
-        after = f"{CF_RUN}/final.json" if method == "rosepo" else "{root}/sft_s0/train_summary.json"
         args.append("train.group_by_length=false")  # the SFT run's setting is inherited
         steps.append(
-            step(f"{method}_{selected[method]}_s0", args, f"{run}/train_summary.json", after)
+            step(
+                f"{method}_{selected[method]}_s0",
+                args,
+                f"{run}/train_summary.json",
+                align_after(method),
+            )
         )
         runs.append(run)
     steps += [evaluate(run, "test", "exact", GROUPED_EXACT_USERS) for run in runs]
