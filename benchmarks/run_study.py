@@ -5,8 +5,9 @@
 A study file holds ``root`` (where run folders go; ``{root}`` in any argument is replaced by
 it), optional ``env`` (environment variables, e.g. ``OMP_NUM_THREADS: "1"``) and ``steps``:
 each step is ``{name, args, done}`` where ``args`` are the arguments of ``ilrec`` and ``done``
-the file whose existence marks the step finished; an optional ``after`` names a file another
-study writes (e.g. the SFT run this stage starts from): the step waits until it exists. A
+the file whose existence marks the step finished; an optional ``after`` names a file (or a
+list of files) another step or study writes (e.g. the SFT run this stage starts from): the
+step waits until they all exist. A
 finished step is never redone; a `train` or `align` step whose run folder it already started
 is continued with ``--resume`` (from its last checkpoint, or from step 0 if it stopped before
 the first); a step that fails stops the study (its output is in
@@ -48,8 +49,9 @@ def load_study(path: Path, root: str | None = None) -> dict:
         names.add(step["name"])
         step["args"] = [str(a).replace("{root}", root) for a in step["args"]]
         step["done"] = str(step["done"]).replace("{root}", root)
-        if "after" in step:
-            step["after"] = str(step["after"]).replace("{root}", root)
+        if "after" in step:  # one file or a list of them
+            after = step["after"] if isinstance(step["after"], list) else [step["after"]]
+            step["after"] = [str(a).replace("{root}", root) for a in after]
     return study
 
 
@@ -122,7 +124,7 @@ def pending(steps: list[dict]) -> list[dict]:
 
 
 def is_ready(step: dict) -> bool:
-    return "after" not in step or Path(step["after"]).exists()
+    return all(Path(a).exists() for a in step.get("after", []))
 
 
 def command(step: dict) -> list[str]:

@@ -304,3 +304,17 @@ def test_a_step_waiting_for_its_after_file_is_passed_over(tmp_path, monkeypatch)
 
     ran = _run_fake(tmp_path, monkeypatch, steps, on_sleep=another_study_writes_it)
     assert ran == ["b", "a"]
+
+
+def test_a_step_after_several_files_waits_for_all_of_them(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    first, second = tmp_path / "sft.json", tmp_path / "oracle.json"
+    steps = _evaluate_steps(root, "a", a={"after": [str(first), str(second)]})
+    writes = [first, second]  # one more file appears at each wait
+
+    def one_more_file_appears():
+        writes.pop(0).write_text("{}")
+
+    ran = _run_fake(tmp_path, monkeypatch, steps, on_sleep=one_more_file_appears)
+    assert ran == ["a"]
+    assert not writes  # it waited through both, not only the first

@@ -96,7 +96,7 @@ SELECTED = {
 }
 
 
-def step(name: str, args: list[str], done: str, after: str | None = None) -> dict:
+def step(name: str, args: list[str], done: str, after: str | list[str] | None = None) -> dict:
     record = {"name": name, "args": args, "done": done}
     if after:
         record["after"] = after
@@ -133,9 +133,10 @@ def sasrec_step(dataset: str, *overrides: str) -> dict:
     return step("cf_sasrec", args, f"{CF_RUN}/final.json")
 
 
-def align_after(method: str) -> str:
-    """What a seed-0 alignment step waits for: the SFT run; RosePO its CF oracle instead."""
-    return f"{CF_RUN}/final.json" if method == "rosepo" else "{root}/sft_s0/train_summary.json"
+def align_after(method: str) -> list[str]:
+    """What a seed-0 alignment step waits for: the SFT run, and RosePO also its CF oracle."""
+    sft = "{root}/sft_s0/train_summary.json"
+    return [sft, f"{CF_RUN}/final.json"] if method == "rosepo" else [sft]
 
 
 def sft_study() -> dict:
