@@ -45,6 +45,7 @@ run_study = _module(RUNNER)
             "instruments_exact_grouped.yaml",
             lambda: make_studies.grouped_exact_study(make_studies.SELECTED),
         ),
+        ("instruments_grouped_seeds.yaml", lambda: make_studies.grouped_seeds_study()),
     ],
 )
 def test_generated_study_files_are_up_to_date(name, build):

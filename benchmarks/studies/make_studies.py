@@ -17,6 +17,7 @@ configuration of each method then runs from seeds 1 and 2 (phase 2: record the s
 test (beam, all users; exact, the first ``EXACT_USERS`` users).
 ``instruments_exact_grouped.yaml``: the exact-ranking rows of SFT, ILRec and the DPO family
 from one SFT run with length-grouped batches (sized to fit one session).
+``instruments_grouped_seeds.yaml``: SFT and ILRec with length-grouped batches, three seeds.
 The CF model (RosePO's oracle, ILRec's CRR reward) is ``{root}/cf/sasrec``.
 """
 
@@ -334,6 +335,23 @@ def grouped_exact_study(selected: dict[str, str]) -> dict:
     return {"root": "runs/instruments_grouped", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
 
+def grouped_seeds_study() -> dict:
+    """Does ILRec's gain over SFT survive length-grouped batches (issue 11)? SFT and ILRec,
+    both grouped, seeds 0-2, each evaluated by beam on the whole test split, then on the whole
+    validation split. Seed-major, so a paired comparison exists after the first pair; about
+    80 min on two cores (two runners sharing the study)."""
+    grouped = ["train.group_by_length=true"]
+    steps = [sasrec_step("Instruments", "epochs=60")]
+    valid = []
+    for seed in SEEDS:
+        for kind in ("sft", "ilrec"):
+            run = f"{{root}}/{kind}_s{seed}"
+            steps.append(train_step(f"{kind}_s{seed}", f"instruments_{kind}", run, seed, grouped))
+            steps.append(evaluate(run, "test"))
+            valid.append(evaluate(run, "valid"))
+    return {"root": "runs/instruments_grouped", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps + valid}
+
+
 def write(name: str, header: str, study: dict) -> None:
     text = header + yaml.safe_dump(study, sort_keys=False, width=200)
     (HERE / name).write_text(text)
@@ -357,6 +375,7 @@ def main() -> None:
     write("instruments_ilrec_sweep.yaml", note, ilrec_sweep_study())
     write("games.yaml", note, games_study(selected))
     write("instruments_exact_grouped.yaml", note, grouped_exact_study(selected))
+    write("instruments_grouped_seeds.yaml", note, grouped_seeds_study())
 
 
 if __name__ == "__main__":
