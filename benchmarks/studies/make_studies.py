@@ -349,7 +349,11 @@ def grouped_seeds_study() -> dict:
             steps.append(train_step(f"{kind}_s{seed}", f"instruments_{kind}", run, seed, grouped))
             steps.append(evaluate(run, "test"))
             valid.append(evaluate(run, "valid"))
-    return {"root": "runs/instruments_grouped", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps + valid}
+    return {
+        "root": "runs/instruments_grouped",
+        "env": {"OMP_NUM_THREADS": "1"},
+        "steps": steps + valid,
+    }
 
 
 def write(name: str, header: str, study: dict) -> None:

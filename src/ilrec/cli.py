@@ -224,6 +224,29 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def _add_archive(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "archive",
+        help="copy runs' result files (config, logs, evaluations, rankings) without weights",
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="run folders")
+    p.add_argument("--out", required=True, type=Path, help="writes OUT/<run folder name>/")
+    p.add_argument(
+        "--top", type=int, default=10, help="keep each user's top TOP ranked items (metrics@k<=TOP)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite files of an earlier archive")
+    p.set_defaults(func=cmd_archive)
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from ilrec.evaluation.archive import archive_runs
+
+    for run, written in archive_runs(args.runs, args.out, args.top, args.force).items():
+        size = sum(p.stat().st_size for p in written)
+        print(f"{run} -> {args.out / run.name}: {len(written)} files, {size / 1e6:.2f} MB")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from ilrec.data.dataset import dataset_statistics, load_dataset
 
@@ -400,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_evaluate,
         _add_recommend,
         _add_compare,
+        _add_archive,
         _add_train_cf,
     ):
         add(sub)

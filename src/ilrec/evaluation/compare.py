@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ilrec.evaluation.result_files import Rankings, eval_stem, read_rankings
+from ilrec.evaluation.result_files import RANKINGS_SUFFIX, Rankings, eval_stem, read_rankings
 
 __all__ = [
     "Comparison",
@@ -87,7 +87,7 @@ def _load_group(
     if not runs:
         raise ValueError(f"group {name!r} has no runs")
     stem = eval_stem(split, mode, users, reasoning_tokens)
-    return [read_rankings(Path(run) / f"{stem}.rankings.tsv") for run in runs]
+    return [read_rankings(Path(run) / f"{stem}{RANKINGS_SUFFIX}") for run in runs]
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ilrec.data.io import open_maybe_gzip
 from ilrec.data.split import Example
 from ilrec.metrics import target_ranks, user_metrics
 
-__all__ = ["Rankings", "eval_stem", "rankings_tsv", "read_rankings"]
+__all__ = ["RANKINGS_SUFFIX", "Rankings", "eval_stem", "rankings_tsv", "read_rankings"]
 
 HEADER = "user\ttarget\tranked"
+RANKINGS_SUFFIX = ".rankings.tsv"
 
 
 def eval_stem(split: str, mode: str, users: int = 0, reasoning_tokens: int = 0) -> str:
@@ -46,11 +48,15 @@ class Rankings:
 
 
 def read_rankings(path: str | Path) -> Rankings:
-    """Parse a ``<eval stem>.rankings.tsv``; errors name the file and line."""
+    """Parse a ``<eval stem>.rankings.tsv``, or its gzipped ``.gz`` sibling (an archived run,
+    see ``ilrec archive``) when the plain file is absent; errors name the file and line."""
     path = Path(path)
+    if not path.is_file() and path.with_name(path.name + ".gz").is_file():
+        path = path.with_name(path.name + ".gz")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no rankings file (run `ilrec evaluate` on this run)")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    with open_maybe_gzip(path) as f:
+        lines = f.read().splitlines()
     if not lines or lines[0] != HEADER:
         raise ValueError(f"{path}: expected the header {HEADER!r}")
     users, targets, ranked = [], [], []

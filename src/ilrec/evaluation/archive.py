@@ -1,0 +1,78 @@
+"""A run's results without its weights: what ``ilrec compare`` and the benchmark plots read.
+
+A run folder holds checkpoints (megabytes to gigabytes); its results are a few small files —
+the resolved config, the training log and summary, every ``ilrec evaluate`` summary, and the
+per-user rankings. ``archive_run`` copies those into a folder small enough to commit or share
+(rankings truncated to the top ``top`` items and gzipped), which ``compare`` reads like the run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+from ilrec.data.io import atomic_write_bytes, refuse_overwrite
+from ilrec.evaluation.result_files import HEADER, RANKINGS_SUFFIX
+
+__all__ = ["archive_run", "archive_runs"]
+
+RESULT_SUFFIXES = (".json", ".jsonl", ".yaml", ".md")
+MAX_RESULT_BYTES = 5_000_000  # a larger top-level file is not a result file
+
+
+def _truncated_rankings(path: Path, top: int) -> bytes:
+    """The rankings file with each user's list cut to ``top`` items (metrics@k for k <= top
+    are unchanged), gzipped (mtime 0, so the same rankings give the same bytes)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0] != HEADER:
+        raise ValueError(f"{path}: expected the header {HEADER!r}")
+    out = [HEADER]
+    for line in lines[1:]:
+        user, target, ranked = line.split("\t")
+        out.append(f"{user}\t{target}\t{' '.join(ranked.split()[:top])}")
+    return gzip.compress(("\n".join(out) + "\n").encode("utf-8"), mtime=0)
+
+
+def archive_run(run: Path, dest: Path, top: int = 10, force: bool = False) -> list[Path]:
+    """Copy ``run``'s result files into ``dest``: top-level ``*.json``, ``*.jsonl``, ``*.yaml``
+    and ``*.md`` files (not checkpoints or tokenizers), and every ``*.rankings.tsv`` as
+    ``*.rankings.tsv.gz`` cut to the top ``top`` items. Refuses to overwrite unless ``force``.
+    Returns the written paths."""
+    run, dest = Path(run), Path(dest)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such run folder")
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    files = sorted(
+        p
+        for p in run.iterdir()
+        if p.is_file() and p.suffix in RESULT_SUFFIXES and p.stat().st_size <= MAX_RESULT_BYTES
+    )
+    rankings = sorted(run.glob(f"*{RANKINGS_SUFFIX}"))
+    if not files and not rankings:
+        raise FileNotFoundError(f"{run}: no result files (config.yaml, eval_*.json, ...)")
+    names = [p.name for p in files] + [p.name + ".gz" for p in rankings]
+    dest.mkdir(parents=True, exist_ok=True)
+    refuse_overwrite(dest, names, force)
+    written = []
+    for path in files:
+        written.append(dest / path.name)
+        shutil.copyfile(path, written[-1])
+    for path in rankings:
+        written.append(
+            atomic_write_bytes(dest / (path.name + ".gz"), _truncated_rankings(path, top))
+        )
+    return written
+
+
+def archive_runs(
+    runs: list[Path], out: Path, top: int = 10, force: bool = False
+) -> dict[Path, list[Path]]:
+    """``archive_run`` for each run into ``out/<run folder name>``; two runs with one name
+    are an error (their archives would collide)."""
+    names = [Path(r).name for r in runs]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ValueError(f"runs share the folder name(s) {clashes}; archive them to separate --out")
+    return {Path(r): archive_run(Path(r), Path(out) / Path(r).name, top, force) for r in runs}

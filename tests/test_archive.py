@@ -1,0 +1,92 @@
+"""Tests of ``ilrec archive``: a run's results without its weights, read back by compare."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+import torch
+
+from ilrec.cli import main
+from ilrec.data.split import Example
+from ilrec.evaluation.archive import archive_run, archive_runs
+from ilrec.evaluation.compare import compare_runs
+from ilrec.evaluation.result_files import rankings_tsv, read_rankings
+
+STEM = "eval_test_exact"
+
+
+def _run(folder, targets=(3, 40, 12), ranked=None):
+    """A run folder with weights, a tokenizer folder, results and 30-item rankings."""
+    folder.mkdir(parents=True)
+    (folder / "model").mkdir()
+    (folder / "model" / "model.safetensors").write_bytes(b"\0" * 100)
+    (folder / "last.pt").write_bytes(b"\0" * 100)
+    (folder / "config.yaml").write_text("train:\n  seed: 0\n")
+    (folder / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (folder / f"{STEM}.json").write_text(json.dumps({"metrics": {"ndcg@10": 0.5}}))
+    (folder / f"{STEM}.md").write_text("| table |\n")
+    examples = [Example(f"u{i}", (1,), t) for i, t in enumerate(targets)]
+    if ranked is None:  # user i's target at rank 0, 7 and 20
+        ranked = [list(range(100, 130)) for _ in targets]
+        for row, t, rank in zip(ranked, targets, (0, 7, 20), strict=True):
+            row[rank] = t
+    (folder / f"{STEM}.rankings.tsv").write_text(rankings_tsv(examples, torch.tensor(ranked)))
+    return folder
+
+
+def test_archive_keeps_results_and_drops_weights(tmp_path):
+    run = _run(tmp_path / "runs" / "sft_s0")
+    written = archive_run(run, tmp_path / "archive" / "sft_s0")
+    assert sorted(p.name for p in written) == [
+        "config.yaml",
+        f"{STEM}.json",
+        f"{STEM}.md",
+        f"{STEM}.rankings.tsv.gz",
+        "metrics.jsonl",
+    ]
+    archived = tmp_path / "archive" / "sft_s0"
+    assert (archived / "config.yaml").read_text() == (run / "config.yaml").read_text()
+    lines = gzip.decompress((archived / f"{STEM}.rankings.tsv.gz").read_bytes()).decode()
+    assert [len(line.split("\t")[2].split()) for line in lines.splitlines()[1:]] == [10] * 3
+
+
+def test_archived_rankings_give_the_same_metrics_at_k_up_to_top(tmp_path):
+    run = _run(tmp_path / "runs" / "sft_s0")
+    other = _run(tmp_path / "runs" / "ilrec_s0", ranked=[list(range(100, 130))] * 3)
+    archive_runs([run, other], tmp_path / "archive")
+    original = compare_runs({"SFT": [run], "ILRec": [other]}, n_boot=100)
+    archived = compare_runs(
+        {"SFT": [tmp_path / "archive" / "sft_s0"], "ILRec": [tmp_path / "archive" / "ilrec_s0"]},
+        n_boot=100,
+    )
+    assert original.groups == archived.groups
+    # the hand values: SFT hits user 0 at rank 1 and user 1 at rank 8 (the rank-21 hit is cut)
+    assert archived.groups[0].values["hit@10"] == [pytest.approx(2 / 3)]
+    r = read_rankings(tmp_path / "archive" / "sft_s0" / f"{STEM}.rankings.tsv")
+    assert r.targets.tolist() == [3, 40, 12] and r.ranked.shape == (3, 10)
+
+
+def test_archive_refuses_to_overwrite_and_names_clashing_runs(tmp_path):
+    run = _run(tmp_path / "runs" / "sft_s0")
+    archive_run(run, tmp_path / "archive")
+    with pytest.raises(FileExistsError, match="config.yaml"):
+        archive_run(run, tmp_path / "archive")
+    assert archive_run(run, tmp_path / "archive", force=True)
+    twin = _run(tmp_path / "other" / "sft_s0")
+    with pytest.raises(ValueError, match="sft_s0"):
+        archive_runs([run, twin], tmp_path / "both")
+    with pytest.raises(FileNotFoundError, match="no result files"):
+        (tmp_path / "empty").mkdir()
+        archive_run(tmp_path / "empty", tmp_path / "x")
+
+
+def test_archive_cli(tmp_path, capsys):
+    run = _run(tmp_path / "runs" / "sft_s0")
+    assert main(["archive", str(run), "--out", str(tmp_path / "archive"), "--top", "5"]) == 0
+    assert "5 files" in capsys.readouterr().out
+    r = read_rankings(tmp_path / "archive" / "sft_s0" / f"{STEM}.rankings.tsv")
+    assert r.ranked.shape == (3, 5)
+    assert main(["archive", str(run), "--out", str(tmp_path / "archive")]) == 2
+    assert "--force" in capsys.readouterr().err
