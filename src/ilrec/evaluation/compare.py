@@ -236,6 +236,7 @@ def plot_comparison(comparison: Comparison, out_path: Path) -> Path:
     ax_value.invert_yaxis()
     ax_value.set_xlabel(f"{c.delta_metric} ({c.split}, {c.mode}; dots: runs)")
     ax_delta.axvline(0.0, color="k", linewidth=0.8)
+    ax_delta.xaxis.set_major_locator(plt.MaxNLocator(nbins=5))  # small deltas: 4-digit ticks
     dots = "; dots: seeds" if c.by_seed else ""
     ax_delta.set_xlabel(f"Δ {c.delta_metric} vs {names[0]} (95% paired bootstrap{dots})")
     fig.suptitle(f"{c.n_users} users")
