@@ -209,7 +209,12 @@ SWEEP = {
     **{f"mu{v}": [f"objective.mu_crr={v}"] for v in (0.01, 0.0)},
     **{f"max_neg{n}": [f"objective.max_negatives={n}"] for n in (4, 16)},
     "own_hardness_weights": ["objective.weights=hardness"],
-    "own_additive_margin": ["objective.penalty=additive"],
+    # its beta is in logit units (configs/ablations/additive_margin.yaml): the centre's 0.2
+    # would make it a near no-op
+    **{
+        f"own_additive_margin_b{b}": ["objective.penalty=additive", f"objective.beta={b}"]
+        for b in (0.5, 2.0)
+    },
 }
 
 
