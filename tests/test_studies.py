@@ -46,6 +46,7 @@ run_study = _module(RUNNER)
             lambda: make_studies.grouped_exact_study(make_studies.SELECTED),
         ),
         ("instruments_grouped_seeds.yaml", lambda: make_studies.grouped_seeds_study()),
+        ("instruments_depth_grouped.yaml", lambda: make_studies.depth_screen_study()),
     ],
 )
 def test_generated_study_files_are_up_to_date(name, build):

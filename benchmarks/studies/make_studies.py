@@ -18,6 +18,7 @@ test (beam, all users; exact, the first ``EXACT_USERS`` users).
 ``instruments_exact_grouped.yaml``: the exact-ranking rows of SFT, ILRec and the DPO family
 from one SFT run with length-grouped batches (sized to fit one session).
 ``instruments_grouped_seeds.yaml``: SFT and ILRec with length-grouped batches, three seeds.
+``instruments_depth_grouped.yaml``: SFT and four ILRec points on the `deep` model (grouped, screening).
 The CF model (RosePO's oracle, ILRec's CRR reward) is ``{root}/cf/sasrec``.
 """
 
@@ -239,6 +240,27 @@ def ilrec_sweep_study() -> dict:
     return {"root": "runs/instruments", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
 
+DEPTH_POINTS = ("center", "k4", "k2", "layers_middle")
+
+
+def depth_screen_study() -> dict:
+    """A session-sized first look at depth (issue 11 item 2): SFT and ILRec at k 1, 4, 2 and
+    the middle layers on the 12-layer `deep` model, the sweep's screening budget with
+    length-grouped batches (3x cheaper), each evaluated on the whole validation split."""
+    budget = [*SWEEP_BUDGET, "train.group_by_length=true"]
+    sft = "{root}/depth_grouped/sft"
+    steps = [train_step("depth_sft", "instruments_sft", sft, overrides=budget)]
+    steps.append(evaluate(sft, "valid"))
+    for name in DEPTH_POINTS:
+        run = f"{{root}}/depth_grouped/ilrec_{name}"
+        overrides = [*budget, *SWEEP[name]]
+        steps.append(
+            train_step(f"depth_ilrec_{name}", "instruments_ilrec", run, overrides=overrides)
+        )
+        steps.append(evaluate(run, "valid"))
+    return {"root": "runs/instruments_grouped", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
+
+
 def alignment_study(selected: dict[str, str]) -> dict:
     steps = []
     # phase 1: the grid on seed 0, first tags first
@@ -385,6 +407,7 @@ def main() -> None:
     write("games.yaml", note, games_study(selected))
     write("instruments_exact_grouped.yaml", note, grouped_exact_study(selected))
     write("instruments_grouped_seeds.yaml", note, grouped_seeds_study())
+    write("instruments_depth_grouped.yaml", note, depth_screen_study())
 
 
 if __name__ == "__main__":
