@@ -7,7 +7,9 @@ it), optional ``env`` (environment variables, e.g. ``OMP_NUM_THREADS: "1"``) and
 each step is ``{name, args, done}`` where ``args`` are the arguments of ``ilrec`` and ``done``
 the file whose existence marks the step finished; an optional ``after`` names a file (or a
 list of files) another step or study writes (e.g. the SFT run this stage starts from): the
-step waits until they all exist. A
+step waits until they all exist. A step also waits for every unfinished earlier step that
+writes a folder its arguments name (``evaluate --run X`` after the step training ``X``,
+``align --from X`` after it). A
 finished step is never redone; a `train` or `align` step whose run folder it already started
 is continued with ``--resume`` (from its last checkpoint, or from step 0 if it stopped before
 the first); a step that fails stops the study (its output is in
@@ -61,6 +63,31 @@ def run_folder(args: list[str]) -> Path | None:
         if arg.startswith("train.output_dir="):
             return Path(arg.split("=", 1)[1])
     return None
+
+
+def written_folder(args: list[str]) -> Path | None:
+    """The folder a step creates: a train/align run folder, or ``train-cf --out``."""
+    if args and args[0] == "train-cf" and "--out" in args[:-1]:
+        return Path(args[args.index("--out") + 1])
+    return run_folder(args)
+
+
+def named_paths(args: list[str]) -> set[Path]:
+    """Every argument, and every ``key=value``'s value, read as a path."""
+    return {Path(a.split("=", 1)[1] if "=" in a else a) for a in args}
+
+
+def unfinished_inputs(step: dict, study_steps: list[dict]) -> list[dict]:
+    """The unfinished steps before ``step`` in the study that write a folder ``step`` names
+    (the runner of one step must not start on a run another runner is still training)."""
+    paths, inputs = named_paths(step["args"][1:]), []
+    for earlier in study_steps:
+        if earlier["name"] == step["name"]:
+            break
+        folder = written_folder(earlier["args"])
+        if folder in paths and not Path(earlier["done"]).exists():
+            inputs.append(earlier)
+    return inputs
 
 
 def is_started(args: list[str]) -> bool:
@@ -123,8 +150,9 @@ def pending(steps: list[dict]) -> list[dict]:
     return [s for s in steps if not Path(s["done"]).exists()]
 
 
-def is_ready(step: dict) -> bool:
-    return all(Path(a).exists() for a in step.get("after", []))
+def is_ready(step: dict, study_steps: list[dict]) -> bool:
+    after = all(Path(a).exists() for a in step.get("after", []))
+    return after and not unfinished_inputs(step, study_steps)
 
 
 def command(step: dict) -> list[str]:
@@ -172,11 +200,14 @@ def main() -> int:
     # selection, a reordering) takes effect at its next step.
     waiting = None
     while todo := pending(selected(study, args.steps)):
-        step = next((s for s in todo if is_ready(s) and claim(logs, s["name"])), None)
+        ready = (s for s in todo if is_ready(s, study["steps"]))
+        step = next((s for s in ready if claim(logs, s["name"])), None)
         if step is None:
             names = ", ".join(s["name"] for s in todo)
             if names != waiting:
-                print(f"[wait] {names}: claimed by another runner or after a file", flush=True)
+                print(
+                    f"[wait] {names}: claimed by another runner, or waiting for files", flush=True
+                )
                 waiting = names
             time.sleep(POLL_SECONDS)
             study = load_study(args.study, args.root)

@@ -320,3 +320,32 @@ def test_a_step_after_several_files_waits_for_all_of_them(tmp_path, monkeypatch)
     ran = _run_fake(tmp_path, monkeypatch, steps, on_sleep=one_more_file_appears)
     assert ran == ["a"]
     assert not writes  # it waited through both, not only the first
+
+
+def test_a_step_naming_a_run_another_runner_trains_waits_for_it(tmp_path, monkeypatch):
+    """Sharing one study, the second runner must not evaluate (or align from) a run the first
+    one is still training: it runs an independent step, then the evaluation once done."""
+    root = tmp_path / "runs"
+    (root / "logs").mkdir(parents=True)
+    steps = [
+        {"name": "sft", "args": ["train", f"train.output_dir={root}/sft", "sft"]},
+        {"name": "eval_sft", "args": ["evaluate", "--run", f"{root}/sft", "eval_sft"]},
+        {"name": "dpo", "args": ["align", "--from", f"{root}/sft", "dpo"]},
+        {"name": "cf", "args": ["train-cf", "--out", f"{root}/cf", "cf"]},
+    ]
+    for s in steps:
+        s["done"] = f"{root}/{s['name']}.done"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (root / "logs" / "sft.claim").write_text(str(other.pid))
+
+        def other_runner_finishes_sft():
+            (root / "sft.done").write_text("")
+            (root / "logs" / "sft.claim").unlink()
+
+        ran = _run_fake(tmp_path, monkeypatch, steps, on_sleep=other_runner_finishes_sft)
+    finally:
+        other.kill()
+        other.wait()
+    assert ran == ["cf", "eval_sft", "dpo"]
+    assert run_study.written_folder(steps[3]["args"]) == root / "cf"
