@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from ilrec.data.io import atomic_write_bytes, refuse_overwrite
-from ilrec.evaluation.result_files import HEADER, RANKINGS_SUFFIX
+from ilrec.evaluation.result_files import RANKINGS_SUFFIX, read_rankings
 
 __all__ = ["archive_run", "archive_runs"]
 
@@ -24,14 +24,7 @@ MAX_RESULT_BYTES = 5_000_000  # a larger top-level file is not a result file
 def _truncated_rankings(path: Path, top: int) -> bytes:
     """The rankings file with each user's list cut to ``top`` items (metrics@k for k <= top
     are unchanged), gzipped (mtime 0, so the same rankings give the same bytes)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if not lines or lines[0] != HEADER:
-        raise ValueError(f"{path}: expected the header {HEADER!r}")
-    out = [HEADER]
-    for line in lines[1:]:
-        user, target, ranked = line.split("\t")
-        out.append(f"{user}\t{target}\t{' '.join(ranked.split()[:top])}")
-    return gzip.compress(("\n".join(out) + "\n").encode("utf-8"), mtime=0)
+    return gzip.compress(read_rankings(path).to_tsv(top).encode("utf-8"), mtime=0)
 
 
 def archive_run(run: Path, dest: Path, top: int = 10, force: bool = False) -> list[Path]:

@@ -29,10 +29,8 @@ def eval_stem(split: str, mode: str, users: int = 0, reasoning_tokens: int = 0) 
 
 def rankings_tsv(examples: list[Example], ranked: torch.Tensor) -> str:
     """One line per user: ``user  target  top-k item ids`` (for paired comparisons of runs)."""
-    lines = [HEADER]
-    for example, items in zip(examples, ranked.tolist(), strict=True):
-        lines.append(f"{example.user}\t{example.target}\t{' '.join(map(str, items))}")
-    return "\n".join(lines) + "\n"
+    users = tuple(e.user for e in examples)
+    return Rankings(users, torch.tensor([e.target for e in examples]), ranked).to_tsv()
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,13 @@ class Rankings:
 
     def user_metrics(self, ks: tuple[int, ...]) -> dict[str, Tensor]:
         return user_metrics(target_ranks(self.ranked, self.targets), ks)
+
+    def to_tsv(self, top: int | None = None) -> str:
+        """The ``.rankings.tsv`` text, each list cut to its first ``top`` items if given."""
+        lines = [HEADER]
+        rows = zip(self.users, self.targets.tolist(), self.ranked[:, :top].tolist(), strict=True)
+        lines += [f"{user}\t{target}\t{' '.join(map(str, items))}" for user, target, items in rows]
+        return "\n".join(lines) + "\n"
 
 
 def read_rankings(path: str | Path) -> Rankings:
