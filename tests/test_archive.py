@@ -23,7 +23,7 @@ def _run(folder, targets=(3, 40, 12), ranked=None):
     (folder / "model").mkdir()
     (folder / "model" / "model.safetensors").write_bytes(b"\0" * 100)
     (folder / "last.pt").write_bytes(b"\0" * 100)
-    (folder / "config.yaml").write_text("train:\n  seed: 0\n")
+    (folder / "config.yaml").write_text(f"train:\n  seed: 0\n  output_dir: {folder.resolve()}\n")
     (folder / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
     (folder / f"{STEM}.json").write_text(json.dumps({"metrics": {"ndcg@10": 0.5}}))
     (folder / f"{STEM}.md").write_text("| table |\n")
@@ -47,7 +47,10 @@ def test_archive_keeps_results_and_drops_weights(tmp_path):
         "metrics.jsonl",
     ]
     archived = tmp_path / "archive" / "sft_s0"
-    assert (archived / "config.yaml").read_text() == (run / "config.yaml").read_text()
+    # the machine's folders are written as in the study files
+    assert (
+        archived / "config.yaml"
+    ).read_text() == "train:\n  seed: 0\n  output_dir: {root}/sft_s0\n"
     lines = gzip.decompress((archived / f"{STEM}.rankings.tsv.gz").read_bytes()).decode()
     assert [len(line.split("\t")[2].split()) for line in lines.splitlines()[1:]] == [10] * 3
 

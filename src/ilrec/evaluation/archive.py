@@ -9,16 +9,26 @@ per-user rankings. ``archive_run`` copies those into a folder small enough to co
 from __future__ import annotations
 
 import gzip
-import shutil
 from pathlib import Path
 
-from ilrec.data.io import atomic_write_bytes, refuse_overwrite
+from ilrec.data.io import atomic_write_bytes, atomic_write_text, refuse_overwrite
 from ilrec.evaluation.result_files import RANKINGS_SUFFIX, read_rankings
 
 __all__ = ["archive_run", "archive_runs"]
 
 RESULT_SUFFIXES = (".json", ".jsonl", ".yaml", ".md")
 MAX_RESULT_BYTES = 5_000_000  # a larger top-level file is not a result file
+
+
+SOURCE_ROOT = Path(__file__).resolve().parents[3]  # the checkout ilrec runs from
+
+
+def _without_machine_paths(text: str, run: Path) -> str:
+    """``text`` with this machine's folders written as ``{root}`` (the folder holding the run,
+    as in the study files) and ``{ilrec}`` (the source checkout), so an archive names no
+    machine."""
+    root = str(run.resolve().parent)
+    return text.replace(root, "{root}").replace(str(SOURCE_ROOT), "{ilrec}")
 
 
 def _truncated_rankings(path: Path, top: int) -> bytes:
@@ -50,8 +60,8 @@ def archive_run(run: Path, dest: Path, top: int = 10, force: bool = False) -> li
     refuse_overwrite(dest, names, force)
     written = []
     for path in files:
-        written.append(dest / path.name)
-        shutil.copyfile(path, written[-1])
+        text = _without_machine_paths(path.read_text(encoding="utf-8"), run)
+        written.append(atomic_write_text(dest / path.name, text))
     for path in rankings:
         written.append(
             atomic_write_bytes(dest / (path.name + ".gz"), _truncated_rankings(path, top))
