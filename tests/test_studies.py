@@ -4,6 +4,7 @@ runner skips finished steps, resumes started ones and rejects malformed files.""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -257,6 +258,25 @@ def test_runners_with_disjoint_step_patterns_share_one_study(tmp_path, monkeypat
         _run_fake(tmp_path, monkeypatch, steps, ["--steps", "nothing*"])
 
 
+@contextlib.contextmanager
+def _held_by_another_runner(root: Path, name: str):
+    """Step ``name`` claimed by a live process; yields what that runner does when it finishes
+    (writes the step's done file, releases the claim)."""
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (root / "logs" / f"{name}.claim").write_text(str(other.pid))
+
+    def finishes():
+        (root / f"{name}.done").write_text("")
+        (root / "logs" / f"{name}.claim").unlink()
+
+    try:
+        yield finishes
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_a_claim_is_exclusive_until_released(tmp_path):
     assert run_study.claim(tmp_path, "a")
     assert (tmp_path / "a.claim").read_text() == str(os.getpid())
@@ -267,20 +287,8 @@ def test_a_claim_is_exclusive_until_released(tmp_path):
 
 def test_runners_sharing_a_study_pass_over_a_step_another_runner_holds(tmp_path, monkeypatch):
     root = tmp_path / "runs"
-    (root / "logs").mkdir(parents=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (root / "logs" / "a.claim").write_text(str(other.pid))
-
-        def other_runner_finishes_a():
-            (root / "a.done").write_text("")
-            (root / "logs" / "a.claim").unlink()
-
-        steps = _evaluate_steps(root, "ab")
-        ran = _run_fake(tmp_path, monkeypatch, steps, on_sleep=other_runner_finishes_a)
-    finally:
-        other.kill()
-        other.wait()
+    with _held_by_another_runner(root, "a") as finishes:
+        ran = _run_fake(tmp_path, monkeypatch, _evaluate_steps(root, "ab"), on_sleep=finishes)
     assert ran == ["b"]
 
 
@@ -326,7 +334,6 @@ def test_a_step_naming_a_run_another_runner_trains_waits_for_it(tmp_path, monkey
     """Sharing one study, the second runner must not evaluate (or align from) a run the first
     one is still training: it runs an independent step, then the evaluation once done."""
     root = tmp_path / "runs"
-    (root / "logs").mkdir(parents=True)
     steps = [
         {"name": "sft", "args": ["train", f"train.output_dir={root}/sft", "sft"]},
         {"name": "eval_sft", "args": ["evaluate", "--run", f"{root}/sft", "eval_sft"]},
@@ -335,17 +342,7 @@ def test_a_step_naming_a_run_another_runner_trains_waits_for_it(tmp_path, monkey
     ]
     for s in steps:
         s["done"] = f"{root}/{s['name']}.done"
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (root / "logs" / "sft.claim").write_text(str(other.pid))
-
-        def other_runner_finishes_sft():
-            (root / "sft.done").write_text("")
-            (root / "logs" / "sft.claim").unlink()
-
-        ran = _run_fake(tmp_path, monkeypatch, steps, on_sleep=other_runner_finishes_sft)
-    finally:
-        other.kill()
-        other.wait()
+    with _held_by_another_runner(root, "sft") as finishes:
+        ran = _run_fake(tmp_path, monkeypatch, steps, on_sleep=finishes)
     assert ran == ["cf", "eval_sft", "dpo"]
     assert run_study.written_folder(steps[3]["args"]) == root / "cf"
