@@ -18,7 +18,7 @@ test (beam, all users; exact, the first ``EXACT_USERS`` users).
 ``instruments_exact_grouped.yaml``: the exact-ranking rows of SFT, ILRec and the DPO family
 from one SFT run with length-grouped batches (sized to fit one session).
 ``instruments_grouped_seeds.yaml``: SFT and ILRec with length-grouped batches, three seeds.
-``instruments_depth_grouped.yaml``: SFT and four ILRec points on the `deep` model (grouped, screening).
+``instruments_depth_grouped.yaml``: SFT and six ILRec points on the `deep` model (grouped, screening).
 The CF model (RosePO's oracle, ILRec's CRR reward) is ``{root}/cf/sasrec``.
 """
 
@@ -240,13 +240,15 @@ def ilrec_sweep_study() -> dict:
     return {"root": "runs/instruments", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
 
-DEPTH_POINTS = ("center", "k4", "k2", "layers_middle")
+# the last two: shared vs separate heads (item 2) and the project's hardness weights (item 4)
+DEPTH_POINTS = ("center", "k4", "k2", "layers_middle", "separate_head", "own_hardness_weights")
 
 
 def depth_screen_study() -> dict:
-    """A session-sized first look at depth (issue 11 item 2): SFT and ILRec at k 1, 4, 2 and
-    the middle layers on the 12-layer `deep` model, the sweep's screening budget with
-    length-grouped batches (3x cheaper), each evaluated on the whole validation split."""
+    """A session-sized first look at depth (issue 11 item 2): SFT and ILRec at k 1, 4, 2, the
+    middle layers, a separate head and hardness weights on the 12-layer `deep` model, the
+    sweep's screening budget with length-grouped batches (3x cheaper), each evaluated on the
+    whole validation split."""
     budget = [*SWEEP_BUDGET, "train.group_by_length=true"]
     sft = "{root}/depth_grouped/sft"
     steps = [train_step("depth_sft", "instruments_sft", sft, overrides=budget)]
