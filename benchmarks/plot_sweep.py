@@ -3,6 +3,8 @@
 as a markdown table of paired differences and a figure of the α, β and k series.
 
     python benchmarks/plot_sweep.py /data/runs/instruments/sweep --out sweep.png
+    python benchmarks/plot_sweep.py /data/runs/instruments_grouped/depth_grouped --out depth.png \
+        --points center k4 k2 layers_middle separate_head own_hardness_weights
 
 Reads ``<sweep>/sft`` and ``<sweep>/ilrec_<point>`` (the points of ``make_studies.SWEEP``);
 each must hold ``eval_<split>_<mode>.rankings.tsv`` (``ilrec evaluate``). Points not evaluated
@@ -55,7 +57,7 @@ class Point:
 
 
 def measure(
-    sweep: Path, split: str, mode: str, metric: str, n_boot: int
+    sweep: Path, split: str, mode: str, metric: str, n_boot: int, names: list[str]
 ) -> tuple[dict[str, Point], list[str], int]:
     """Each evaluated point's metric and paired Δ to SFT, the points not evaluated yet, and
     the number of users."""
@@ -67,7 +69,7 @@ def measure(
         "SFT": Point("SFT", base[metric].mean().item(), base["hit@10"].mean().item(), 0, 0, 0)
     }
     missing = []
-    for name in sweep_points():
+    for name in names:
         path = sweep / f"ilrec_{name}" / f"{stem}.rankings.tsv"
         if not path.is_file():
             missing.append(name)
@@ -131,8 +133,16 @@ def main() -> None:
     parser.add_argument("--metric", default="ndcg@10")
     parser.add_argument("--bootstrap", type=int, default=10_000)
     parser.add_argument("--out", type=Path, required=True, help="the PNG (a .md is written too)")
+    parser.add_argument(
+        "--points", nargs="+", help="sweep points to read (default: all of make_studies.SWEEP)"
+    )
     args = parser.parse_args()
-    points, missing, users = measure(args.sweep, args.split, args.mode, args.metric, args.bootstrap)
+    names = args.points or sweep_points()
+    if unknown := set(names) - set(sweep_points()):
+        parser.error(f"--points: not sweep points of make_studies.SWEEP: {sorted(unknown)}")
+    points, missing, users = measure(
+        args.sweep, args.split, args.mode, args.metric, args.bootstrap, names
+    )
     text = table(points, missing, args.metric, users)
     args.out.with_suffix(".md").write_text(text)
     print(text)

@@ -206,7 +206,8 @@ def test_sweep_table_gives_paired_differences_to_sft(tmp_path):
     # SFT: user 0 at rank 0 (NDCG 1), the rest missed; ILRec centre: users 0 and 1 at rank 0
     _rankings(tmp_path / "sft", [[1, *miss[1:]], miss, miss, miss], targets)
     _rankings(tmp_path / "ilrec_center", [[1, *miss[1:]], [2, *miss[1:]], miss, miss], targets)
-    points, missing, users = plot_sweep.measure(tmp_path, "valid", "beam", "ndcg@10", 200)
+    names = plot_sweep.sweep_points()
+    points, missing, users = plot_sweep.measure(tmp_path, "valid", "beam", "ndcg@10", 200, names)
     assert users == 4 and set(points) == {"SFT", "center"}
     assert points["SFT"].value == pytest.approx(0.25)
     assert points["center"].value == pytest.approx(0.5)
@@ -216,6 +217,9 @@ def test_sweep_table_gives_paired_differences_to_sft(tmp_path):
     text = plot_sweep.table(points, missing, "ndcg@10", users)
     assert "| center | 0.5000 | 0.5000 | +0.2500 [" in text
     assert plot_sweep.figure(points, "ndcg@10", tmp_path / "sweep.png").is_file()
+    # a screen of a few points lists only those as missing
+    _, missing, _ = plot_sweep.measure(tmp_path, "valid", "beam", "ndcg@10", 200, ["center", "k4"])
+    assert missing == ["k4"]
 
 
 def _evaluate_steps(root: Path, names, **extra) -> list[dict]:
