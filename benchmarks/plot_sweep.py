@@ -1,6 +1,7 @@
 """ILRec's sweep at this scale (paper Table 6 and Figure 5): every point of
 ``benchmarks/studies/instruments_ilrec_sweep.yaml`` against the SFT run of the same budget,
-as a markdown table of paired differences and a figure of the α, β and k series.
+as a markdown table of paired differences and a figure of the α, β and k series and of every
+point's paired difference.
 
     python benchmarks/plot_sweep.py /data/runs/instruments/sweep --out sweep.png
     python benchmarks/plot_sweep.py /data/runs/instruments_grouped/depth_grouped --out depth.png \
@@ -103,24 +104,46 @@ def table(points: dict[str, Point], missing: list[str], metric: str, users: int)
 
 
 def figure(points: dict[str, Point], metric: str, out: Path) -> Path:
+    """One panel per series with at least two evaluated points (the metric against the
+    factor's value), and a panel of every point's paired Δ to SFT with its interval."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(SERIES), figsize=(4.2 * len(SERIES), 3.4), squeeze=False)
-    for ax, (title, xs) in zip(axes[0], SERIES.items(), strict=True):
-        have = [(x, points[name]) for name, x in xs.items() if name in points]
+    series = {
+        title: [(x, points[name]) for name, x in xs.items() if name in points]
+        for title, xs in SERIES.items()
+    }
+    series = {title: have for title, have in series.items() if len(have) >= 2}
+    deltas = [p for p in points.values() if p.name != "SFT"]
+    n_panels = len(series) + 1
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.4), squeeze=False)
+    for ax, (title, have) in zip(axes[0], series.items(), strict=False):
         ax.axhline(points["SFT"].value, color="grey", linestyle="--", label="SFT")
-        if have:
-            # the interval of the paired difference, drawn around the point's own value
-            ax.errorbar(
-                [x for x, _ in have],
-                [p.value for _, p in have],
-                yerr=[[p.delta - p.low for _, p in have], [p.high - p.delta for _, p in have]],
-                marker="o",
-                capsize=3,
-                label="ILRec",
-            )
+        # the interval of the paired difference, drawn around the point's own value
+        ax.errorbar(
+            [x for x, _ in have],
+            [p.value for _, p in have],
+            yerr=[[p.delta - p.low for _, p in have], [p.high - p.delta for _, p in have]],
+            marker="o",
+            capsize=3,
+            label="ILRec",
+        )
         ax.set_title(title)
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
+    ax = axes[0][-1]
+    ax.axvline(0, color="grey", linestyle="--")
+    ys = range(len(deltas))
+    ax.errorbar(
+        [p.delta for p in deltas],
+        list(ys),
+        xerr=[[p.delta - p.low for p in deltas], [p.high - p.delta for p in deltas]],
+        fmt="o",
+        capsize=3,
+    )
+    ax.set_yticks(list(ys), [p.name for p in deltas], fontsize=8)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_locator(plt.MaxNLocator(nbins=4))  # small deltas: 4-digit ticks
+    ax.set_title("every point")
+    ax.set_xlabel(f"Δ {metric} vs SFT (95% paired)")
     fig.tight_layout()
     return save_figure(fig, out)
 
