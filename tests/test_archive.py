@@ -55,6 +55,21 @@ def test_archive_keeps_results_and_drops_weights(tmp_path):
     assert [len(line.split("\t")[2].split()) for line in lines.splitlines()[1:]] == [10] * 3
 
 
+def test_archive_writes_the_given_study_root_as_root(tmp_path):
+    run = _run(tmp_path / "runs" / "depth" / "ilrec_k2")
+    # the run names a sibling of its own folder's parent: the CRR reward
+    config = run / "config.yaml"
+    config.write_text(
+        config.read_text() + f"objective:\n  cf_run: {tmp_path.resolve()}/runs/cf/sasrec\n"
+    )
+    archive_run(run, tmp_path / "archive" / "ilrec_k2", root=tmp_path / "runs")
+    text = (tmp_path / "archive" / "ilrec_k2" / "config.yaml").read_text()
+    assert "output_dir: {root}/depth/ilrec_k2" in text
+    assert "cf_run: {root}/cf/sasrec" in text and str(tmp_path) not in text
+    with pytest.raises(ValueError, match="not inside the root folder"):
+        archive_run(run, tmp_path / "archive2", root=tmp_path / "elsewhere")
+
+
 def test_archived_rankings_give_the_same_metrics_at_k_up_to_top(tmp_path):
     run = _run(tmp_path / "runs" / "sft_s0")
     other = _run(tmp_path / "runs" / "ilrec_s0", ranked=[list(range(100, 130))] * 3)

@@ -235,13 +235,18 @@ def _add_archive(sub: argparse._SubParsersAction) -> None:
         "--top", type=int, default=10, help="keep each user's top TOP ranked items (metrics@k<=TOP)"
     )
     p.add_argument("--force", action="store_true", help="overwrite files of an earlier archive")
+    p.add_argument(
+        "--root",
+        type=Path,
+        help="the study folder, written as {root} in archived files (default: each run's parent)",
+    )
     p.set_defaults(func=cmd_archive)
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
     from ilrec.evaluation.archive import archive_runs
 
-    for run, written in archive_runs(args.runs, args.out, args.top, args.force).items():
+    for run, written in archive_runs(args.runs, args.out, args.top, args.force, args.root).items():
         size = sum(p.stat().st_size for p in written)
         print(f"{run} -> {args.out / run.name}: {len(written)} files, {size / 1e6:.2f} MB")
     return 0

@@ -23,12 +23,22 @@ MAX_RESULT_BYTES = 5_000_000  # a larger top-level file is not a result file
 SOURCE_ROOT = Path(__file__).resolve().parents[3]  # the checkout ilrec runs from
 
 
-def _without_machine_paths(text: str, run: Path) -> str:
-    """``text`` with this machine's folders written as ``{root}`` (the folder holding the run,
-    as in the study files) and ``{ilrec}`` (the source checkout), so an archive names no
+def _without_machine_paths(text: str, root: Path) -> str:
+    """``text`` with this machine's folders written as ``{root}`` (the study's root folder, as
+    in the study files) and ``{ilrec}`` (the source checkout), so an archive names no
     machine."""
-    root = str(run.resolve().parent)
-    return text.replace(root, "{root}").replace(str(SOURCE_ROOT), "{ilrec}")
+    return text.replace(str(root), "{root}").replace(str(SOURCE_ROOT), "{ilrec}")
+
+
+def _study_root(run: Path, root: Path | None) -> Path:
+    """The folder written as ``{root}``: ``root`` (which must hold the run) or the run's
+    parent."""
+    if root is None:
+        return run.resolve().parent
+    root = Path(root).resolve()
+    if not run.resolve().is_relative_to(root):
+        raise ValueError(f"{run}: not inside the root folder {root}")
+    return root
 
 
 def _truncated_rankings(path: Path, top: int) -> bytes:
@@ -37,16 +47,21 @@ def _truncated_rankings(path: Path, top: int) -> bytes:
     return gzip.compress(read_rankings(path).to_tsv(top).encode("utf-8"), mtime=0)
 
 
-def archive_run(run: Path, dest: Path, top: int = 10, force: bool = False) -> list[Path]:
+def archive_run(
+    run: Path, dest: Path, top: int = 10, force: bool = False, root: Path | None = None
+) -> list[Path]:
     """Copy ``run``'s result files into ``dest``: top-level ``*.json``, ``*.jsonl``, ``*.yaml``
     and ``*.md`` files (not checkpoints or tokenizers), and every ``*.rankings.tsv`` as
-    ``*.rankings.tsv.gz`` cut to the top ``top`` items. Refuses to overwrite unless ``force``.
-    Returns the written paths."""
+    ``*.rankings.tsv.gz`` cut to the top ``top`` items. Paths under ``root`` (default: the
+    run's parent; give the study root when the run names its siblings' folders, e.g. a CRR
+    reward run) are written as ``{root}``. Refuses to overwrite unless ``force``. Returns the
+    written paths."""
     run, dest = Path(run), Path(dest)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: no such run folder")
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
+    study_root = _study_root(run, root)
     files = sorted(
         p
         for p in run.iterdir()
@@ -60,7 +75,7 @@ def archive_run(run: Path, dest: Path, top: int = 10, force: bool = False) -> li
     refuse_overwrite(dest, names, force)
     written = []
     for path in files:
-        text = _without_machine_paths(path.read_text(encoding="utf-8"), run)
+        text = _without_machine_paths(path.read_text(encoding="utf-8"), study_root)
         written.append(atomic_write_text(dest / path.name, text))
     for path in rankings:
         written.append(
@@ -70,7 +85,7 @@ def archive_run(run: Path, dest: Path, top: int = 10, force: bool = False) -> li
 
 
 def archive_runs(
-    runs: list[Path], out: Path, top: int = 10, force: bool = False
+    runs: list[Path], out: Path, top: int = 10, force: bool = False, root: Path | None = None
 ) -> dict[Path, list[Path]]:
     """``archive_run`` for each run into ``out/<run folder name>``; two runs with one name
     are an error (their archives would collide)."""
@@ -78,4 +93,4 @@ def archive_runs(
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise ValueError(f"runs share the folder name(s) {clashes}; archive them to separate --out")
-    return {Path(r): archive_run(Path(r), Path(out) / Path(r).name, top, force) for r in runs}
+    return {Path(r): archive_run(Path(r), Path(out) / Path(r).name, top, force, root) for r in runs}
