@@ -8,7 +8,8 @@ point's paired difference.
         --points center k4 k2 layers_middle separate_head own_hardness_weights
 
 Reads ``<sweep>/sft`` and ``<sweep>/ilrec_<point>`` (the points of ``make_studies.SWEEP``);
-each must hold ``eval_<split>_<mode>.rankings.tsv`` (``ilrec evaluate``). Points not evaluated
+each must hold ``eval_<split>_<mode>.rankings.tsv`` (``ilrec evaluate``; or ``.tsv.gz``, an
+archive). Points not evaluated
 yet are listed as such. Δ is ILRec minus SFT over the same users, with a 95% paired bootstrap
 interval (``ilrec compare``'s).
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from ilrec.evaluation.compare import paired_bootstrap_ci
 from ilrec.evaluation.plots import pyplot, save_figure
-from ilrec.evaluation.result_files import eval_stem, read_rankings
+from ilrec.evaluation.result_files import eval_stem, rankings_path, read_rankings
 
 HERE = Path(__file__).resolve().parent
 # the x-axis of each figure panel: sweep point -> value (the centre sits in every series)
@@ -71,8 +72,8 @@ def measure(
     }
     missing = []
     for name in names:
-        path = sweep / f"ilrec_{name}" / f"{stem}.rankings.tsv"
-        if not path.is_file():
+        path = rankings_path(sweep / f"ilrec_{name}" / f"{stem}.rankings.tsv")
+        if path is None:
             missing.append(name)
             continue
         run = read_rankings(path)

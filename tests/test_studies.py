@@ -5,6 +5,7 @@ runner skips finished steps, resumes started ones and rejects malformed files.""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import importlib.util
 import os
 import subprocess
@@ -217,6 +218,12 @@ def test_sweep_table_gives_paired_differences_to_sft(tmp_path):
     text = plot_sweep.table(points, missing, "ndcg@10", users)
     assert "| center | 0.5000 | 0.5000 | +0.2500 [" in text
     assert plot_sweep.figure(points, "ndcg@10", tmp_path / "sweep.png").is_file()
+    # an archived point (gzipped rankings) reads the same
+    plain = tmp_path / "ilrec_center" / "eval_valid_beam.rankings.tsv"
+    plain.with_name(plain.name + ".gz").write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+    again, _, _ = plot_sweep.measure(tmp_path, "valid", "beam", "ndcg@10", 200, ["center"])
+    assert again["center"].delta == pytest.approx(0.25)
     # a screen of a few points lists only those as missing
     _, missing, _ = plot_sweep.measure(tmp_path, "valid", "beam", "ndcg@10", 200, ["center", "k4"])
     assert missing == ["k4"]

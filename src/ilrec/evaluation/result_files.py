@@ -52,14 +52,21 @@ class Rankings:
         return "\n".join(lines) + "\n"
 
 
-def read_rankings(path: str | Path) -> Rankings:
-    """Parse a ``<eval stem>.rankings.tsv``, or its gzipped ``.gz`` sibling (an archived run,
-    see ``ilrec archive``) when the plain file is absent; errors name the file and line."""
+def rankings_path(path: str | Path) -> Path | None:
+    """``path`` (a ``<eval stem>.rankings.tsv``) if it exists, else its gzipped ``.gz``
+    sibling (an archived run, see ``ilrec archive``) if that exists, else None."""
     path = Path(path)
-    if not path.is_file() and path.with_name(path.name + ".gz").is_file():
-        path = path.with_name(path.name + ".gz")
-    if not path.is_file():
+    gz = path.with_name(path.name + ".gz")
+    return path if path.is_file() else gz if gz.is_file() else None
+
+
+def read_rankings(path: str | Path) -> Rankings:
+    """Parse a ``<eval stem>.rankings.tsv``, or its gzipped ``.gz`` sibling when the plain file
+    is absent; errors name the file and line."""
+    found = rankings_path(path)
+    if found is None:
         raise FileNotFoundError(f"{path}: no rankings file (run `ilrec evaluate` on this run)")
+    path = found
     with open_maybe_gzip(path) as f:
         lines = f.read().splitlines()
     if not lines or lines[0] != HEADER:
