@@ -18,7 +18,8 @@ test (beam, all users; exact, the first ``EXACT_USERS`` users).
 ``instruments_exact_grouped.yaml``: the exact-ranking rows of SFT, ILRec and the DPO family
 from one SFT run with length-grouped batches (sized to fit one session).
 ``instruments_grouped_seeds.yaml``: SFT and ILRec with length-grouped batches, three seeds.
-``instruments_depth_grouped.yaml``: SFT and six ILRec points on the `deep` model (grouped, screening).
+``instruments_depth_grouped.yaml``: SFT and ILRec points on the `deep` model (grouped, screening),
+then the middle layers confirmed over three seeds.
 The CF model (RosePO's oracle, ILRec's CRR reward) is ``{root}/cf/sasrec``.
 """
 
@@ -242,24 +243,39 @@ def ilrec_sweep_study() -> dict:
 
 # the last two: shared vs separate heads (item 2) and the project's hardness weights (item 4)
 DEPTH_POINTS = ("center", "k4", "k2", "layers_middle", "separate_head", "own_hardness_weights")
+# phase 2 (after the first screen, 2026-12-01): the point whose paired interval was above 0,
+# from two more seeds with SFT's, then the rest of Appendix A.5's layer choices
+DEPTH_CONFIRM = "layers_middle"
+DEPTH_MORE_POINTS = ("layers_upper", "layers_lower")
 
 
 def depth_screen_study() -> dict:
-    """A session-sized first look at depth (issue 11 item 2): SFT and ILRec at k 1, 4, 2, the
-    middle layers, a separate head and hardness weights on the 12-layer `deep` model, the
-    sweep's screening budget with length-grouped batches (3x cheaper), each evaluated on the
-    whole validation split."""
+    """A session-sized look at depth (issue 11 item 2) on the 12-layer `deep` model, the
+    sweep's screening budget with length-grouped batches (3x cheaper), each run evaluated on
+    the whole validation split. Phase 1: SFT and ILRec at k 1, 4, 2, the middle layers, a
+    separate head and hardness weights (seed 0). Phase 2: SFT and the middle layers from seeds
+    1 and 2 (``sft_s<seed>``, ``ilrec_layers_middle_s<seed>``), then the upper and lower layers
+    (seed 0). The study's own SASRec (the CRR reward) comes first."""
     budget = [*SWEEP_BUDGET, "train.group_by_length=true"]
-    sft = "{root}/depth_grouped/sft"
-    steps = [train_step("depth_sft", "instruments_sft", sft, overrides=budget)]
-    steps.append(evaluate(sft, "valid"))
-    for name in DEPTH_POINTS:
-        run = f"{{root}}/depth_grouped/ilrec_{name}"
-        overrides = [*budget, *SWEEP[name]]
-        steps.append(
-            train_step(f"depth_ilrec_{name}", "instruments_ilrec", run, overrides=overrides)
-        )
+    folder = "{root}/depth_grouped"
+    steps = [sasrec_step("Instruments", "epochs=60")]
+
+    def pair(name: str, point: str | None, seed: int = 0) -> None:
+        kind, overrides = ("sft", []) if point is None else ("ilrec", SWEEP[point])
+        run = f"{folder}/{name}"
+        step_name = f"depth_{name}" if seed else f"depth_{kind}" + (f"_{point}" if point else "")
+        config = f"instruments_{kind}"
+        steps.append(train_step(step_name, config, run, seed, [*budget, *overrides]))
         steps.append(evaluate(run, "valid"))
+
+    pair("sft", None)
+    for point in DEPTH_POINTS:
+        pair(f"ilrec_{point}", point)
+    for seed in (1, 2):
+        pair(f"sft_s{seed}", None, seed)
+        pair(f"ilrec_{DEPTH_CONFIRM}_s{seed}", DEPTH_CONFIRM, seed)
+    for point in DEPTH_MORE_POINTS:
+        pair(f"ilrec_{point}", point)
     return {"root": "runs/instruments_grouped", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
 
