@@ -9,9 +9,8 @@ point's paired difference.
 
 Reads ``<sweep>/sft`` and ``<sweep>/ilrec_<point>`` (the points of ``make_studies.SWEEP``);
 each must hold ``eval_<split>_<mode>.rankings.tsv`` (``ilrec evaluate``; or ``.tsv.gz``, an
-archive). Points not evaluated
-yet are listed as such. Δ is ILRec minus SFT over the same users, with a 95% paired bootstrap
-interval (``ilrec compare``'s).
+archive). Points not evaluated yet are listed as such. Δ is ILRec minus SFT over the same
+users, with a 95% paired bootstrap interval (``ilrec compare``'s).
 """
 
 from __future__ import annotations

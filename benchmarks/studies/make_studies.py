@@ -263,9 +263,8 @@ def depth_screen_study() -> dict:
     def pair(name: str, point: str | None, seed: int = 0) -> None:
         kind, overrides = ("sft", []) if point is None else ("ilrec", SWEEP[point])
         run = f"{folder}/{name}"
-        step_name = f"depth_{name}" if seed else f"depth_{kind}" + (f"_{point}" if point else "")
         config = f"instruments_{kind}"
-        steps.append(train_step(step_name, config, run, seed, [*budget, *overrides]))
+        steps.append(train_step(f"depth_{name}", config, run, seed, [*budget, *overrides]))
         steps.append(evaluate(run, "valid"))
 
     pair("sft", None)
