@@ -160,8 +160,9 @@ def main() -> None:
         "--points", nargs="+", help="sweep points to read (default: all of make_studies.SWEEP)"
     )
     args = parser.parse_args()
-    names = args.points or sweep_points()
-    if unknown := set(names) - set(sweep_points()):
+    known = sweep_points()
+    names = args.points or known
+    if unknown := set(names) - set(known):
         parser.error(f"--points: not sweep points of make_studies.SWEEP: {sorted(unknown)}")
     points, missing, users = measure(
         args.sweep, args.split, args.mode, args.metric, args.bootstrap, names
