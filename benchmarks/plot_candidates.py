@@ -4,12 +4,14 @@ and a markdown table, from the runs' ``eval_<split>_candidates.json`` files.
     python benchmarks/plot_candidates.py --out figure6.png \\
         --dataset LastFM SFT=runs/lastfm/cand_sft ILRec=runs/lastfm/cand_ilrec \\
             S-DPO=runs/lastfm/cand_sdpo DPO=runs/lastfm/cand_dpo \\
-        --dataset Instruments SFT=runs/inst_cands/sft ...
+        --dataset Instruments users=5000 SFT=runs/inst_cands/cand_sft ...
 
 Per method: HitRatio@1 of the exact ranking of the 20 candidates (by sequence
 log-probability), and of greedy generation with exact name matching and with S-DPO's substring
 matching (ValidRatio next to them in the table). Several runs of a method (seeds) are given as
-``NAME=RUN1,RUN2``: bars show the mean, the table mean ± std.
+``NAME=RUN1,RUN2``: bars show the mean, the table mean ± std. ``users=N`` in a dataset's list
+reads its runs' ``evaluate --users N`` results (the first N rows; ``--users`` sets the default);
+every method of a dataset must have been evaluated on the same rows.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
+from ilrec.data.io import atomic_write_text
 from ilrec.evaluation.plots import pyplot, save_figure
 from ilrec.evaluation.result_files import eval_stem
 
@@ -43,6 +46,28 @@ def read(runs: list[Path], split: str, users: int) -> list[dict]:
     return records
 
 
+def read_dataset(items: list[str], split: str, users: int) -> tuple[list[str], list[list[dict]]]:
+    """The methods of one ``--dataset`` list (``users=N`` and ``METHOD=RUN1,RUN2`` items) and
+    their evaluation records, all over the same rows."""
+    names, records = [], []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not value:
+            raise SystemExit(f"{item!r}: expected METHOD=RUN[,RUN...] or users=N")
+        if key == "users":
+            users = int(value)
+        else:
+            names.append(key)
+            records.append([Path(r) for r in value.split(",")])
+    records = [read(runs, split, users) for runs in records]
+    rows = {r["users"] for rs in records for r in rs}
+    if len(rows) != 1:
+        raise SystemExit(
+            f"the methods were evaluated on different rows ({sorted(rows)}): not paired"
+        )
+    return names, records
+
+
 def cell(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f}"
@@ -64,11 +89,7 @@ def main() -> None:
     )
     lines = []
     for ax, (dataset, *methods) in zip(axes[0], args.dataset, strict=True):
-        names, records = [], []
-        for item in methods:
-            name, runs = item.split("=", 1)
-            names.append(name)
-            records.append(read([Path(r) for r in runs.split(",")], args.split, args.users))
+        names, records = read_dataset(methods, args.split, args.users)
         lines += [
             f"**{dataset}** ({args.split}, {records[0][0]['users']} rows, protocol "
             f"{records[0][0]['protocol']})",
@@ -91,7 +112,7 @@ def main() -> None:
     fig.tight_layout()
     save_figure(fig, args.out)
     table = "\n".join(lines)
-    args.out.with_suffix(".md").write_text(table + "\n")
+    atomic_write_text(args.out.with_suffix(".md"), table + "\n")
     print(table)
 
 

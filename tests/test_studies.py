@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -227,6 +228,44 @@ def test_sweep_table_gives_paired_differences_to_sft(tmp_path):
     # a screen of a few points lists only those as missing
     _, missing, _ = plot_sweep.measure(tmp_path, "valid", "beam", "ndcg@10", 200, ["center", "k4"])
     assert missing == ["k4"]
+
+
+def _candidate_eval(run: Path, stem: str, rows: int, hit: float) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    record = {
+        "users": rows,
+        "protocol": "rows",
+        "metrics": {"model (ranking)": {"hit@1": hit}},
+        "generation": {
+            "exact": {"hit@1": hit / 2, "valid": 0.5},
+            "substring": {"hit@1": hit / 2, "valid": 0.6},
+        },
+    }
+    (run / f"{stem}.json").write_text(json.dumps(record))
+
+
+def test_candidate_chart_reads_each_datasets_rows_and_refuses_unpaired_methods(tmp_path):
+    plot = _module(ROOT / "benchmarks" / "plot_candidates.py")
+    _candidate_eval(tmp_path / "sft", "eval_test_candidates_first50", 50, 0.3)
+    _candidate_eval(tmp_path / "ilrec", "eval_test_candidates_first50", 50, 0.4)
+    _candidate_eval(tmp_path / "seed1", "eval_test_candidates_first50", 50, 0.2)
+    names, records = plot.read_dataset(
+        ["users=50", f"SFT={tmp_path / 'sft'},{tmp_path / 'seed1'}", f"ILRec={tmp_path / 'ilrec'}"],
+        "test",
+        0,
+    )
+    assert names == ["SFT", "ILRec"] and [len(r) for r in records] == [2, 1]
+    assert plot.cell([plot.SERIES["ranking HR@1"](r) for r in records[0]]) == "0.2500 ± 0.0707"
+    # without users=50 the full evaluation is read, and there is none
+    with pytest.raises(SystemExit, match="eval_test_candidates.json: missing"):
+        plot.read_dataset([f"SFT={tmp_path / 'sft'}"], "test", 0)
+    _candidate_eval(tmp_path / "dpo", "eval_test_candidates_first50", 40, 0.1)
+    with pytest.raises(SystemExit, match="different rows"):
+        plot.read_dataset(
+            ["users=50", f"SFT={tmp_path / 'sft'}", f"DPO={tmp_path / 'dpo'}"], "test", 0
+        )
+    with pytest.raises(SystemExit, match="METHOD=RUN"):
+        plot.read_dataset([str(tmp_path / "sft")], "test", 0)
 
 
 def _evaluate_steps(root: Path, names, **extra) -> list[dict]:
