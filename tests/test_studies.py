@@ -50,6 +50,7 @@ run_study = _module(RUNNER)
         ),
         ("instruments_grouped_seeds.yaml", lambda: make_studies.grouped_seeds_study()),
         ("instruments_depth_grouped.yaml", lambda: make_studies.depth_screen_study()),
+        ("instruments_depth_full.yaml", lambda: make_studies.depth_full_study()),
     ],
 )
 def test_generated_study_files_are_up_to_date(name, build):
