@@ -106,14 +106,16 @@ def step(name: str, args: list[str], done: str, after: str | list[str] | None = 
     return record
 
 
-def evaluate(run: str, split: str, mode: str = "beam", users: int = 0) -> dict:
+def evaluate(run: str, split: str, mode: str = "beam", users: int = 0, name: str = "") -> dict:
+    """``ilrec evaluate``; the step is named after the run folder unless ``name`` is given (two
+    studies sharing a root and a folder name would share the step's log and claim)."""
     args = ["evaluate", "--run", run, "--split", split, "--mode", mode]
     args += ["--batch-size", "4" if mode == "exact" else "32"]
     stem = f"eval_{split}_{mode}"
     if users:
         args += ["--users", str(users)]
         stem += f"_first{users}"
-    name = f"{Path(run).name}_{split}_{mode}" + (f"_{users}" if users else "")
+    name = name or f"{Path(run).name}_{split}_{mode}" + (f"_{users}" if users else "")
     return step(name, args, f"{run}/{stem}.json")
 
 
@@ -241,6 +243,14 @@ def ilrec_sweep_study() -> dict:
     return {"root": "runs/instruments", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
 
+def point_train_step(step_name: str, run: str, point: str | None, seed: int, budget) -> dict:
+    """The training step of SFT (``point`` None) or of ILRec at sweep point ``point``."""
+    config, overrides = (
+        ("instruments_sft", []) if point is None else ("instruments_ilrec", SWEEP[point])
+    )
+    return train_step(step_name, config, run, seed, [*budget, *overrides])
+
+
 # the last two: shared vs separate heads (item 2) and the project's hardness weights (item 4)
 DEPTH_POINTS = ("center", "k4", "k2", "layers_middle", "separate_head", "own_hardness_weights")
 # phase 2 (after the first screen, 2026-12-01): the point whose paired interval was above 0,
@@ -261,10 +271,8 @@ def depth_screen_study() -> dict:
     steps = [sasrec_step("Instruments", "epochs=60")]
 
     def pair(name: str, point: str | None, seed: int = 0) -> None:
-        kind, overrides = ("sft", []) if point is None else ("ilrec", SWEEP[point])
         run = f"{folder}/{name}"
-        config = f"instruments_{kind}"
-        steps.append(train_step(f"depth_{name}", config, run, seed, [*budget, *overrides]))
+        steps.append(point_train_step(f"depth_{name}", run, point, seed, budget))
         steps.append(evaluate(run, "valid"))
 
     pair("sft", None)
@@ -291,12 +299,10 @@ def depth_full_study() -> dict:
     steps = [sasrec_step("Instruments", "epochs=60")]
 
     def run(name: str, point: str | None, seed: int) -> None:
-        kind, overrides = ("sft", []) if point is None else ("ilrec", SWEEP[point])
         path = f"{folder}/{name}"
-        config = f"instruments_{kind}"
-        steps.append(train_step(f"full_{name}", config, path, seed, [*budget, *overrides]))
-        for split in ("valid", "test"):  # named apart from the screen's steps (same root, logs)
-            steps.append({**evaluate(path, split), "name": f"full_{name}_{split}_beam"})
+        steps.append(point_train_step(f"full_{name}", path, point, seed, budget))
+        for split in ("valid", "test"):  # named apart from the screen's steps (same root)
+            steps.append(evaluate(path, split, name=f"full_{name}_{split}_beam"))
 
     run("sft", None, 0)
     run(f"ilrec_{DEPTH_CONFIRM}", DEPTH_CONFIRM, 0)
