@@ -20,6 +20,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from ilrec.data.io import atomic_write_text
 from ilrec.evaluation.compare import paired_bootstrap_ci
 from ilrec.evaluation.plots import pyplot, save_figure
 from ilrec.evaluation.result_files import eval_stem, rankings_path, read_rankings
@@ -35,7 +36,8 @@ SERIES = {
         "alpha1.2": 1.2,
     },
     "β (α 0.8)": {"beta0.01": 0.01, "beta0.05": 0.05, "beta0.1": 0.1, "center": 0.2},
-    "k (layers below the last)": {"k0": 0, "center": 1, "k2": 2, "k4": 4},
+    # the upper layers (-2, -3, -4) are the layers of k 3
+    "k (layers below the last)": {"k0": 0, "center": 1, "k2": 2, "layers_upper": 3, "k4": 4},
 }
 CENTER = "k 1, α 0.8, β 0.2, λ 0.1, μ 0.1"
 
@@ -168,7 +170,7 @@ def main() -> None:
         args.sweep, args.split, args.mode, args.metric, args.bootstrap, names
     )
     text = table(points, missing, args.metric, users)
-    args.out.with_suffix(".md").write_text(text)
+    atomic_write_text(args.out.with_suffix(".md"), text)
     print(text)
     print(f"wrote {figure(points, args.metric, args.out)}")
 
