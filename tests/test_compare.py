@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ilrec.evaluation.compare import (
     paired_bootstrap_ci,
     seed_t_interval,
 )
+from ilrec.evaluation.plots import validation_curve
 from ilrec.evaluation.result_files import rankings_tsv, read_rankings
 from ilrec.metrics import user_metrics
 
@@ -173,6 +175,28 @@ def test_compare_cli_plot(tmp_path, capsys):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(args) == 2  # the plot exists: no silent overwrite
     assert "compare.png exists" in capsys.readouterr().err
+
+
+def test_compare_cli_validation_curves(tmp_path, capsys):
+    a, b = _cli_runs(tmp_path)
+    log = [
+        {"step": 10, "loss": 2.0, "epoch": 0.5},  # a training record: not a curve point
+        {"step": 20, "eval_ndcg@10": 0.05, "eval_hit@10": 0.1, "epoch": 1.0},
+        {"step": 40, "eval_ndcg@10": 0.07, "eval_hit@10": 0.2, "epoch": 2.0},
+    ]
+    (a / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    assert validation_curve(a / "metrics.jsonl", "ndcg@10") == ([1.0, 2.0], [0.05, 0.07])
+    curves = tmp_path / "curves.png"
+    args = ["compare", "--bootstrap", "200", "--group", "A", str(a), "--group", "B", str(b)]
+    assert main(args + ["--curves", str(curves)]) == 2  # b has no training log
+    assert f"{b / 'metrics.jsonl'}: no training log" in capsys.readouterr().err
+    (b / "metrics.jsonl").write_text(json.dumps(log[0]) + "\n")
+    assert main(args + ["--curves", str(curves)]) == 2
+    assert "no validation ndcg@10 logged" in capsys.readouterr().err
+    (b / "metrics.jsonl").write_text((a / "metrics.jsonl").read_text())
+    assert main(args + ["--curves", str(curves)]) == 0
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(args + ["--curves", str(curves)]) == 2  # no silent overwrite
 
 
 def test_compare_runs_structured_result(tmp_path):

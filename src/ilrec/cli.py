@@ -220,7 +220,15 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--plot", type=Path, default=None, help="also draw the comparison into this PNG file"
     )
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out/--plot file")
+    p.add_argument(
+        "--curves",
+        type=Path,
+        default=None,
+        help="also draw every run's validation curve (the metric by epoch) into this PNG file",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="overwrite an existing --out/--plot/--curves file"
+    )
     p.set_defaults(func=cmd_compare)
 
 
@@ -375,7 +383,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ilrec.data.io import atomic_write_text
     from ilrec.evaluation.compare import compare_runs, format_comparison, plot_comparison
 
-    for path in (args.out, args.plot):
+    for path in (args.out, args.plot, args.curves):
         if path is not None and path.exists() and not args.force:
             raise FileExistsError(f"{path} exists; pass --force to overwrite it")
     groups: dict[str, list[Path]] = {}
@@ -400,6 +408,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         atomic_write_text(args.out, table)
     if args.plot is not None:
         plot_comparison(comparison, args.plot)
+    if args.curves is not None:
+        from ilrec.evaluation.plots import plot_validation_curves
+
+        plot_validation_curves(groups, comparison.delta_metric, args.curves)
     return 0
 
 

@@ -67,6 +67,35 @@ def plot_training_curves(metrics_path: Path, out_path: Path) -> Path:
     return save_figure(fig, out_path)
 
 
+def validation_curve(metrics_path: Path, metric: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of the validation ``metric`` a training run logged after each epoch."""
+    if not Path(metrics_path).is_file():
+        raise FileNotFoundError(f"{metrics_path}: no training log (metrics.jsonl) in this run")
+    rows = [r for r in read_jsonl(metrics_path) if f"eval_{metric}" in r]
+    if not rows:
+        raise ValueError(f"{metrics_path}: no validation {metric} logged (key eval_{metric})")
+    return [r["epoch"] for r in rows], [r[f"eval_{metric}"] for r in rows]
+
+
+def plot_validation_curves(groups: dict[str, list[Path]], metric: str, out_path: Path) -> Path:
+    """The validation ``metric`` by epoch of every run folder, one colour per group (method),
+    so that where methods part (a faster start or a better end) can be seen."""
+    curves = {
+        name: [validation_curve(Path(run) / "metrics.jsonl", metric) for run in runs]
+        for name, runs in groups.items()
+    }
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for colour, (name, runs) in enumerate(curves.items()):
+        for i, (epochs, values) in enumerate(runs):
+            ax.plot(epochs, values, marker="o", color=f"C{colour}", label=name if i == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric} (selection subset)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out_path)
+
+
 def plot_logged_series(
     metrics_path: Path, panels: dict[str, list[str]], out_path: Path
 ) -> Path | None:
