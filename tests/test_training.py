@@ -148,6 +148,16 @@ def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides, or
         steps = _logged_steps(killed)
         assert steps == sorted(steps)  # records past the resumed step were dropped
         assert steps == straight_steps
+        # throughput of a resumed run: over the epochs its last process ran
+        summary = json.loads((killed / "train_summary.json").read_text())
+        resumed_step = (
+            int(summary["resumed_from"].rsplit("-", 1)[1]) if summary["resumed_from"] else 0
+        )
+        ran = summary["epochs"] * (9 - resumed_step) / 9
+        assert summary["epochs_in_this_process"] == pytest.approx(ran)
+        assert summary["seconds_per_epoch"] == pytest.approx(
+            summary["train_seconds_without_validation"] / ran
+        )
 
 
 def _selected_and_last(run) -> dict[str, torch.Tensor]:

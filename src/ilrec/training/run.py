@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
-from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from ilrec.config import Config, ConfigError, save_config
@@ -189,6 +189,13 @@ def validation_ranker(
     return rank_metrics_fn
 
 
+def checkpoint_epoch(checkpoint: str | None) -> float:
+    """The epoch a run resumes from (0 when it starts fresh)."""
+    if checkpoint is None:
+        return 0.0
+    return TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json")).epoch or 0.0
+
+
 def fit(
     start: RunStart,
     config: Config,
@@ -222,10 +229,11 @@ def fit(
     output = trainer.train(resume_from_checkpoint=start.checkpoint)
     trainer.save_model(str(run_dir / "model"))
     if trainer.is_world_process_zero():
-        tokens = sum(len(f["input_ids"]) for f in features) * trainer.state.epoch
-        # train_runtime covers this process's run (after a resume: its remaining part)
+        # train_runtime covers this process's run (after a resume: its remaining part), so
+        # the throughput is that part's: its seconds over the epochs it ran
         runtime = output.metrics["train_runtime"] - trainer.eval_seconds
-        resumed = start.checkpoint
+        epochs_run = trainer.state.epoch - checkpoint_epoch(start.checkpoint)
+        tokens = sum(len(f["input_ids"]) for f in features) * epochs_run
         record = {
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "selection_metric": config.selection_metric,
@@ -234,10 +242,10 @@ def fit(
             "epochs": trainer.state.epoch,
             "train_seconds_without_validation": runtime,
             "validation_seconds": trainer.eval_seconds,
-            "resumed_from": resumed,
-            # throughput only for uninterrupted runs (a resumed process ran part of the epochs)
-            "seconds_per_epoch": None if resumed else runtime / max(trainer.state.epoch, 1e-9),
-            "tokens_per_second": None if resumed else tokens / runtime,
+            "resumed_from": start.checkpoint,
+            "epochs_in_this_process": epochs_run,
+            "seconds_per_epoch": runtime / max(epochs_run, 1e-9),
+            "tokens_per_second": tokens / max(runtime, 1e-9),
             "peak_memory_mb": peak_memory_mb(),
             **(summary or {}),
         }
