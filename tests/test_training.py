@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from conftest import KillAt, save_tiny_pretrained
 from ilrec.config import load_config
@@ -158,6 +160,33 @@ def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides, or
         assert summary["seconds_per_epoch"] == pytest.approx(
             summary["train_seconds_without_validation"] / ran
         )
+
+
+class DeleteAtTrainEnd(TrainerCallback):
+    """Deletes a folder when training ends, as checkpoint rotation deletes an old checkpoint."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def on_train_end(self, args, state, control, **kwargs):
+        shutil.rmtree(self.folder)
+
+
+def test_resumed_run_summary_when_rotation_deleted_its_start_checkpoint(
+    synthetic_dir, tmp_path, tiny_overrides
+):
+    # a long run resumed from an early checkpoint: by the end, save_total_limit has deleted it
+    run = tmp_path / "run"
+    config = load_config(
+        None, tiny_overrides(synthetic_dir, run, "train.max_steps=6", "train.eval_every=3")
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[KillAt(4)])
+    train(config, resume=True, callbacks=[DeleteAtTrainEnd(run / "checkpoint-3")])
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["resumed_from"] == str(run / "checkpoint-3")
+    assert summary["epochs_in_this_process"] == pytest.approx(summary["epochs"] / 2)
+    assert (run / "model").is_dir()
 
 
 def _selected_and_last(run) -> dict[str, torch.Tensor]:

@@ -226,13 +226,15 @@ def fit(
             *(callbacks or []),
         ],
     )
+    # read before training: checkpoint rotation may delete the start checkpoint meanwhile
+    start_epoch = checkpoint_epoch(start.checkpoint)
     output = trainer.train(resume_from_checkpoint=start.checkpoint)
     trainer.save_model(str(run_dir / "model"))
     if trainer.is_world_process_zero():
         # train_runtime covers this process's run (after a resume: its remaining part), so
         # the throughput is that part's: its seconds over the epochs it ran
         runtime = output.metrics["train_runtime"] - trainer.eval_seconds
-        epochs_run = trainer.state.epoch - checkpoint_epoch(start.checkpoint)
+        epochs_run = trainer.state.epoch - start_epoch
         tokens = sum(len(f["input_ids"]) for f in features) * epochs_run
         record = {
             "best_checkpoint": trainer.state.best_model_checkpoint,
