@@ -105,12 +105,16 @@ def main() -> None:
             cells = [cell([get(r) for r in rs]) for get in [*SERIES.values(), *VALID.values()]]
             lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
         lines.append("")
-        popularity = records[0][0]["metrics"]["popularity"]["hit@1"]
+        first = records[0][0]
+        popularity = first["metrics"]["popularity"]["hit@1"]
         ax.axhline(popularity, color="grey", linestyle="--", linewidth=1, label="popularity")
-        lines.append(f"Most popular candidate first: HR@1 {popularity:.4f}; random: 0.05.")
+        lines.append(
+            f"Most popular candidate first: HR@1 {popularity:.4f}; "
+            f"random: {1 / first['candidates']:.4f}."
+        )
         lines.append("")
         ax.set_xticks(range(len(names)), names)
-        ax.set_title(f"{dataset}: pick the next item among 20")
+        ax.set_title(f"{dataset}: pick the next item among {first['candidates']}")
         ax.set_ylabel("HitRatio@1")
         ax.set_ylim(0, 1.35 * ax.get_ylim()[1])
         ax.legend(fontsize=8, loc="upper center", ncol=2)

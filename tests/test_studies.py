@@ -236,7 +236,8 @@ def _candidate_eval(run: Path, stem: str, rows: int, hit: float) -> None:
     record = {
         "users": rows,
         "protocol": "rows",
-        "metrics": {"model (ranking)": {"hit@1": hit}},
+        "candidates": 20,
+        "metrics": {"model (ranking)": {"hit@1": hit}, "popularity": {"hit@1": 0.25}},
         "generation": {
             "exact": {"hit@1": hit / 2, "valid": 0.5},
             "substring": {"hit@1": hit / 2, "valid": 0.6},
@@ -267,6 +268,22 @@ def test_candidate_chart_reads_each_datasets_rows_and_refuses_unpaired_methods(t
         )
     with pytest.raises(SystemExit, match="METHOD=RUN"):
         plot.read_dataset([str(tmp_path / "sft")], "test", 0)
+
+
+def test_candidate_chart_writes_the_figure_and_its_table(tmp_path, monkeypatch):
+    plot = _module(ROOT / "benchmarks" / "plot_candidates.py")
+    _candidate_eval(tmp_path / "sft", "eval_test_candidates", 50, 0.3)
+    _candidate_eval(tmp_path / "ilrec", "eval_test_candidates", 50, 0.4)
+    out = tmp_path / "figure6.png"
+    argv = ["plot_candidates.py", "--out", str(out), "--dataset", "Toy"]
+    argv += [f"SFT={tmp_path / 'sft'}", f"ILRec={tmp_path / 'ilrec'}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    plot.main()
+    assert out.stat().st_size > 0
+    table = out.with_suffix(".md").read_text()
+    assert "| SFT | 1 | 0.3000 | 0.1500 | 0.1500 | 0.5000 | 0.6000 |" in table
+    assert "| ILRec | 1 | 0.4000 |" in table
+    assert "Most popular candidate first: HR@1 0.2500; random: 0.0500." in table
 
 
 def _evaluate_steps(root: Path, names, **extra) -> list[dict]:
