@@ -90,9 +90,9 @@ def main() -> None:
     lines = []
     for ax, (dataset, *methods) in zip(axes[0], args.dataset, strict=True):
         names, records = read_dataset(methods, args.split, args.users)
+        first = records[0][0]  # rows, protocol and popularity are the same for every run
         lines += [
-            f"**{dataset}** ({args.split}, {records[0][0]['users']} rows, protocol "
-            f"{records[0][0]['protocol']})",
+            f"**{dataset}** ({args.split}, {first['users']} rows, protocol {first['protocol']})",
             "",
             "| method | runs | " + " | ".join([*SERIES, *VALID]) + " |",
             "|---|---|" + "---|" * (len(SERIES) + len(VALID)),
@@ -105,7 +105,6 @@ def main() -> None:
             cells = [cell([get(r) for r in rs]) for get in [*SERIES.values(), *VALID.values()]]
             lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
         lines.append("")
-        first = records[0][0]
         popularity = first["metrics"]["popularity"]["hit@1"]
         ax.axhline(popularity, color="grey", linestyle="--", linewidth=1, label="popularity")
         lines.append(
