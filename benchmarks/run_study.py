@@ -15,7 +15,9 @@ is continued with ``--resume`` (from its last checkpoint, or from step 0 if it s
 the first); a step that fails stops the study (its output is in
 ``{root}/logs/<name>.log``). Kill the study at any time and start it again: it picks up where
 it stopped. The file is read again before every step, so a study regenerated while it runs
-takes effect at its next step. ``--steps PATTERN`` (repeatable, shell-style) restricts a
+takes effect at its next step. SIGTERM or Ctrl-C (SIGINT) is passed to the running step,
+which saves a checkpoint after its current optimizer step and exits; the runner then starts
+nothing more (a second signal stops the step at once). ``--steps PATTERN`` (repeatable, shell-style) restricts a
 runner to the steps whose names match, so two runners can share one study on disjoint steps,
 one per core (e.g. ``--steps 'cand_*'`` and ``--steps 'title_*'``).
 """
@@ -26,6 +28,7 @@ import argparse
 import contextlib
 import fnmatch
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -162,12 +165,37 @@ def command(step: dict) -> list[str]:
     return cmd
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+stop_requested: list[int] = []  # the signals received while a step ran
+
+
+def call_step(cmd: list[str], **popen_kwargs) -> int:
+    """Run ``cmd`` to its end in its own session, passing SIGTERM/SIGINT on to it once each.
+
+    Its own session keeps a signal to the runner's process group (``kill -- -PGID``, Ctrl-C)
+    from reaching the step twice, once directly and once forwarded (the second would stop
+    it before it saves)."""
+    child = subprocess.Popen(cmd, start_new_session=True, **popen_kwargs)
+
+    def forward(signum, frame):
+        stop_requested.append(signum)
+        print(f"[stop] {signal.Signals(signum).name}: passed to the running step", flush=True)
+        child.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def run_step(step: dict, logs: Path, env: dict[str, str]) -> int:
     cmd = command(step)
     print(f"[run ] {step['name']}: {' '.join(cmd[2:])}", flush=True)
     start = time.time()
     with open(logs / f"{step['name']}.log", "a") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = call_step(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     print(f"       exit {code} after {time.time() - start:.0f} s", flush=True)
     return code
 
@@ -219,6 +247,9 @@ def main() -> int:
             code = run_step(step, logs, env)
         finally:
             release(logs, step["name"])
+        if stop_requested:
+            print(f"[stop] {step['name']}: stopped; run the same command again to resume it")
+            return 128 + stop_requested[0]
         if code != 0 or not Path(step["done"]).exists():
             print(f"step {step['name']} failed: see {logs / step['name']}.log", file=sys.stderr)
             return 1

@@ -98,6 +98,19 @@ class KillAt(TrainerCallback):
             raise KeyboardInterrupt
 
 
+class SignalAt(TrainerCallback):
+    """Sends this process ``signum`` (``times`` times) at the end of optimizer step ``step``,
+    as a scheduler's preemption (SIGTERM) or a Ctrl-C (SIGINT) would."""
+
+    def __init__(self, step: int, signum: int, times: int = 1) -> None:
+        self.step, self.signum, self.times = step, signum, times
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+
 TINY_ARCHS = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),

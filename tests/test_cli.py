@@ -147,3 +147,21 @@ def test_check_subprocess(tiny: Path, broken: Path) -> None:
         f"ilrec check: error: {broken / 'Tiny.inter.json'}: malformed JSON at line 2 column 10: "
         "Expecting ',' delimiter\n"
     )
+
+
+def test_a_run_stopped_by_a_signal_exits_with_the_shells_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import signal
+
+    import ilrec.training.run
+    from ilrec.training.signals import TrainingStopped
+
+    def stopped(config, resume, overwrite):
+        raise TrainingStopped(signal.SIGTERM, 40, "runs/x/checkpoint-40")
+
+    monkeypatch.setattr(ilrec.training.run, "train", stopped)
+    assert main(["train", "train.output_dir=runs/x"]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM after step 40" in err and "runs/x/checkpoint-40" in err
+    assert "--resume" in err

@@ -9,8 +9,10 @@ import gzip
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,7 +158,7 @@ def test_runner_reads_a_study_regenerated_while_it_runs(tmp_path, monkeypatch):
             _write_study(study, root, [evaluate("a"), evaluate("c"), evaluate("b")])
         return 0
 
-    monkeypatch.setattr(run_study.subprocess, "call", fake_call)
+    monkeypatch.setattr(run_study, "call_step", fake_call)
     monkeypatch.setattr(sys, "argv", ["run_study.py", str(study)])
     assert run_study.main() == 0
     assert ran == ["a", "c", "b"]
@@ -310,7 +312,7 @@ def _run_fake(tmp_path, monkeypatch, steps, options=(), on_sleep=None) -> list[s
         assert on_sleep is not None and len(sleeps) < 5, "the runner kept waiting"
         on_sleep()
 
-    monkeypatch.setattr(run_study.subprocess, "call", fake_call)
+    monkeypatch.setattr(run_study, "call_step", fake_call)
     monkeypatch.setattr(run_study.time, "sleep", fake_sleep)
     monkeypatch.setattr(sys, "argv", ["run_study.py", str(study), *options])
     assert run_study.main() == 0
@@ -414,3 +416,61 @@ def test_a_step_naming_a_run_another_runner_trains_waits_for_it(tmp_path, monkey
         ran = _run_fake(tmp_path, monkeypatch, steps, on_sleep=finishes)
     assert ran == ["cf", "eval_sft", "dpo"]
     assert run_study.written_folder(steps[3]["args"]) == root / "cf"
+
+
+CHILD = """
+import signal, sys, time
+from pathlib import Path
+out, got = Path(sys.argv[1]), []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+out.write_text("0")
+deadline = time.time() + 30
+while not got and time.time() < deadline:
+    time.sleep(0.01)
+time.sleep(0.5)  # a second copy of the signal would arrive meanwhile
+out.write_text(str(len(got)))
+sys.exit(128 + signal.SIGTERM)
+"""
+
+
+def test_a_signal_to_the_runner_reaches_its_step_once_and_stops_the_study(tmp_path):
+    # the runner in its own process, sent SIGTERM as `kill -- -PGID` would send it to the
+    # runner's process group: the step (in its own session) gets it once, by forwarding
+    count = tmp_path / "signals"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, runpy; sys.argv = ['run_study']; "
+            f"m = runpy.run_path({str(RUNNER)!r}); "
+            f"sys.exit(m['call_step']([sys.executable, {str(script)!r}, {str(count)!r}]))",
+        ],
+        start_new_session=True,
+    )
+    for _ in range(200):
+        if count.exists() and count.read_text() == "0":
+            break
+        time.sleep(0.05)
+    os.killpg(runner.pid, signal.SIGTERM)
+    assert runner.wait(timeout=30) == 128 + signal.SIGTERM
+    assert count.read_text() == "1"
+
+
+def test_the_runner_starts_no_step_after_a_stopped_one(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    study = _write_study(tmp_path / "s.yaml", root, _evaluate_steps(root, ["a", "b"]))
+    ran = []
+
+    def stopped_call(cmd, **kwargs):
+        ran.append(cmd[-1])
+        run_study.stop_requested.append(signal.SIGTERM)
+        return 128 + signal.SIGTERM
+
+    monkeypatch.setattr(run_study, "call_step", stopped_call)
+    monkeypatch.setattr(run_study, "stop_requested", [])
+    monkeypatch.setattr(sys, "argv", ["run_study.py", str(study)])
+    assert run_study.main() == 128 + signal.SIGTERM
+    assert ran == ["a"]
+    assert not (root / "logs" / "a.claim").exists()  # released for the next runner

@@ -6,18 +6,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import signal
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from conftest import KillAt, save_tiny_pretrained
+from conftest import KillAt, SignalAt, save_tiny_pretrained
 from ilrec.config import load_config
 from ilrec.evaluation.report import evaluate_run
 from ilrec.evaluation.result_files import read_rankings
 from ilrec.metrics import rank_metrics
 from ilrec.training.run import RunExistsError, train
+from ilrec.training.signals import TrainingStopped
 
 
 def _weights(run_dir, folder: str = "model"):
@@ -106,11 +108,22 @@ def test_smoke_smollm2(synthetic_dir, tmp_path, tiny_overrides):
     assert (run / "model" / "config.json").exists()
 
 
-def _killed_and_resumed(run, overrides, kill_at: int, checkpoints: list[str]) -> None:
-    """Train, kill at step ``kill_at`` (leaving exactly ``checkpoints``), then --resume."""
+def _killed_and_resumed(
+    run, overrides, kill_at: int, checkpoints: list[str], signum: int | None = None
+) -> None:
+    """Train, kill at step ``kill_at`` (leaving exactly ``checkpoints``), then --resume.
+
+    With ``signum`` the run is sent that signal instead, and stops by itself after saving."""
     config = load_config(None, overrides)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, callbacks=[KillAt(kill_at)])
+    if signum is None:
+        with pytest.raises(KeyboardInterrupt):
+            train(config, callbacks=[KillAt(kill_at)])
+    else:
+        with pytest.raises(TrainingStopped) as stopped:
+            train(config, callbacks=[SignalAt(kill_at, signum)])
+        assert (stopped.value.signum, stopped.value.step) == (signum, kill_at)
+        assert stopped.value.checkpoint == f"{run}/checkpoint-{kill_at}"
+        assert not (run / "train_summary.json").exists()
     assert sorted(p.name for p in run.glob("checkpoint-*")) == checkpoints
     assert not (run / "model").exists()
     with pytest.raises(RunExistsError):
@@ -131,18 +144,20 @@ def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides, or
     straight_steps = _logged_steps(straight)
     # killed at step 5 (checkpoint-3 exists, steps 4-5 lost); at step 2, before the first
     # checkpoint (--resume starts that one again from step 0); at step 5 with an extra
-    # checkpoint every 2 steps between validations (only step 5 is lost)
+    # checkpoint every 2 steps between validations (only step 5 is lost); sent SIGTERM during
+    # step 5 (it saves checkpoint-5 and stops: nothing is lost)
     cases = (
-        (5, (), ["checkpoint-3"]),
-        (2, (), []),
-        (5, ("train.save_every=2",), ["checkpoint-2", "checkpoint-3", "checkpoint-4"]),
+        (5, (), ["checkpoint-3"], None),
+        (2, (), [], None),
+        (5, ("train.save_every=2",), ["checkpoint-2", "checkpoint-3", "checkpoint-4"], None),
+        (5, (), ["checkpoint-3", "checkpoint-5"], signal.SIGTERM),
     )
     if order == "grouped":  # resumed inside epoch 1, whose order is drawn from seed + 1
-        cases = ((7, (), ["checkpoint-3", "checkpoint-6"]),)
-    for i, (kill_at, extra, checkpoints) in enumerate(cases):
+        cases = ((7, (), ["checkpoint-3", "checkpoint-6"], None),)
+    for i, (kill_at, extra, checkpoints, signum) in enumerate(cases):
         killed = tmp_path / f"killed_{i}"
         overrides = tiny_overrides(synthetic_dir, killed, *common, *extra)
-        _killed_and_resumed(killed, overrides, kill_at, checkpoints)
+        _killed_and_resumed(killed, overrides, kill_at, checkpoints, signum)
         b = _selected_and_last(killed)
         assert a.keys() == b.keys()
         for name in a:
@@ -200,6 +215,30 @@ def _selected_and_last(run) -> dict[str, torch.Tensor]:
 
 def _logged_steps(run) -> list[int]:
     return [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_checkpoint_and_a_second_one_acts_as_before(
+    synthetic_dir, tmp_path, tiny_overrides, signum
+):
+    run = tmp_path / "run"
+    config = load_config(None, tiny_overrides(synthetic_dir, run, "train.max_steps=6"))
+    received = []
+
+    def count(signum, frame):  # stands for the handler from before (Python's would end pytest)
+        received.append(signum)
+
+    previous = signal.signal(signum, count)
+    try:
+        name = signal.Signals(signum).name
+        with pytest.raises(TrainingStopped, match=f"stopped by {name} after step 2"):
+            train(config, callbacks=[SignalAt(2, signum, times=2)])
+        assert received == [signum]  # the second signal went to the handler from before
+        assert signal.getsignal(signum) is count  # and the run left it in place
+    finally:
+        signal.signal(signum, previous)
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (run / "model").exists()
 
 
 def test_resume_without_checkpoint_is_an_error(synthetic_dir, tmp_path, tiny_overrides):

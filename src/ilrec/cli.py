@@ -465,6 +465,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ilrec {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from ilrec.training.signals import TrainingStopped  # loaded already if it was raised
+
+        if not isinstance(e, TrainingStopped):
+            raise
+        print(f"ilrec {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum  # the shell's code for a process ended by that signal
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from ilrec.evaluation.ranking import evaluate_examples
 from ilrec.runs.files import write_environment
 from ilrec.runs.setup import build_model, load_setup, make_encoder, set_threads, world_size
 from ilrec.training.objectives import SFT_OBJECTIVES, build_objective
+from ilrec.training.signals import StopOnSignal
 from ilrec.training.trainer import JsonlLogger, RecTrainer
 
 log = logging.getLogger(__name__)
@@ -208,8 +209,12 @@ def fit(
     summary: dict | None = None,
 ) -> dict[str, float]:
     """Train ``model`` on ``features`` with ``objective`` (checkpoints, resume, validation
-    selection, logs), save the selected model and ``train_summary.json`` (plus ``summary``)."""
+    selection, logs), save the selected model and ``train_summary.json`` (plus ``summary``).
+
+    A SIGTERM or SIGINT during training saves a checkpoint after the current step and raises
+    :class:`~ilrec.training.signals.TrainingStopped` (nothing else is written)."""
     run_dir = start.run_dir
+    stopper = StopOnSignal()
     trainer = RecTrainer(
         model=model,
         args=start.args,
@@ -224,11 +229,16 @@ def fit(
             *stop_callbacks(config),
             *save_callbacks(config),
             *(callbacks or []),
+            stopper,
         ],
     )
     # read before training: checkpoint rotation may delete the start checkpoint meanwhile
     start_epoch = checkpoint_epoch(start.checkpoint)
-    output = trainer.train(resume_from_checkpoint=start.checkpoint)
+    stopper.install()
+    try:
+        output = trainer.train(resume_from_checkpoint=start.checkpoint)
+    finally:
+        stopper.restore()
     trainer.save_model(str(run_dir / "model"))
     if trainer.is_world_process_zero():
         # train_runtime covers this process's run (after a resume: its remaining part), so

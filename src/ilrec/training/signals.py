@@ -1,0 +1,86 @@
+"""A clean stop on SIGTERM or SIGINT: the run finishes its optimizer step, saves a resumable
+checkpoint there and exits, so a preempted job, a ``kill`` or a Ctrl-C loses no training."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingStopped(Exception):
+    """Training stopped on a signal after saving ``checkpoint``; ``--resume`` continues it."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str) -> None:
+        self.signum = signum
+        self.step = step
+        self.checkpoint = checkpoint
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name} after step {step}; checkpoint saved in {checkpoint} "
+            "(run the same command with --resume to continue)"
+        )
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any process (all ranks must call this together)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    votes = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+    return bool(votes.item())
+
+
+class StopOnSignal(TrainerCallback):
+    """On the first SIGTERM or SIGINT: save a checkpoint at the end of the current optimizer
+    step, then raise :class:`TrainingStopped`; a second signal acts as it did before (the
+    previous handlers come back on the first).
+
+    The ranks of a distributed run vote at every step end, so all of them stop after the same
+    step even when the signal reaches them at different times. Install the handlers with
+    :meth:`install` and put them back with :meth:`restore` (``fit`` does both)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.stopping = False
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _on_signal(self, signum, frame) -> None:
+        self.received = signum
+        self.restore()
+        log.warning(
+            "%s received: saving a checkpoint after this step, then stopping "
+            "(send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if any_rank(self.received is not None, args.device):
+            self.stopping = True
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.stopping:  # the checkpoint of this step is on disk: leave before anything else
+            checkpoint = f"{args.output_dir}/checkpoint-{state.global_step}"
+            raise TrainingStopped(self.received or signal.SIGTERM, state.global_step, checkpoint)
+        return control
