@@ -1,5 +1,6 @@
 """Two CPU processes (gloo) under torchrun and accelerate: both ranks end with identical
-weights, and distributed evaluation covers every user exactly once."""
+weights, distributed evaluation covers every user exactly once, and a signal to one rank
+stops both after the same step."""
 
 from __future__ import annotations
 
@@ -74,3 +75,18 @@ def test_two_processes_identical_weights(synthetic_dir, tmp_path, tiny_overrides
     alone = evaluate_run(run, "test", "beam", 10, 2, users=7, progress=False)
     assert len(odd.users) == 7
     assert rank_metrics(odd.ranked, odd.targets) == pytest.approx(alone["model (beam)"])
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(
+    synthetic_dir, tmp_path, tiny_overrides
+):
+    run = tmp_path / "run"
+    overrides = tiny_overrides(synthetic_dir, run, "train.max_steps=6", "train.eval_every=4")
+    cmd = [*LAUNCHERS["torchrun"], str(WORKER), str(tmp_path), *overrides]
+    env = {**_env(), "SIGNAL_RANK1_AT": "2"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [json.loads((tmp_path / f"stopped{r}.json").read_text())["step"] for r in (0, 1)]
+    assert steps == [2, 2]  # rank 0 was never signalled: it stopped on rank 1's vote
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (run / "model").exists()
