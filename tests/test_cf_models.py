@@ -8,7 +8,9 @@ on it after a short run.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from ilrec.data.dataset import load_dataset
 from ilrec.data.split import leave_one_out, popularity_counts
 from ilrec.metrics import rank_metrics
 from ilrec.models.cf import CF_MODELS, build_cf_model, pad_histories
+from ilrec.training import cf as cf_training
 from ilrec.training.cf import (
     CFConfig,
     bpr_loss,
@@ -29,6 +32,7 @@ from ilrec.training.cf import (
     load_cf_model,
     train_cf,
 )
+from ilrec.training.signals import TrainingStopped
 
 N_USERS, N_ITEMS = 300, 60
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "cf"
@@ -221,6 +225,29 @@ def test_resume_equals_straight_run(name: str, data_dir: Path, tmp_path: Path) -
         train_cf(small_config(name, epochs=2), data_dir, tmp_path / "b")
     with pytest.raises(ValueError, match="lr"):
         train_cf(small_config(name, epochs=3, lr=1e-4), data_dir, tmp_path / "b", resume=True)
+
+
+def test_a_signal_stops_after_the_epoch_and_resume_finishes_the_run(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = train_cf(small_config("sasrec", epochs=2, patience=10), data_dir, tmp_path / "a")
+    train_one_epoch = cf_training._train_epoch
+
+    def signalled_epoch(model, optimizer, windows, config, epoch):
+        if epoch == 1:  # a Ctrl-C in the middle of the first epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        return train_one_epoch(model, optimizer, windows, config, epoch)
+
+    monkeypatch.setattr(cf_training, "_train_epoch", signalled_epoch)
+    config = small_config("sasrec", epochs=2, patience=10)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingStopped, match="SIGINT after epoch 1") as stopped:
+        train_cf(config, data_dir, tmp_path / "b")
+    assert stopped.value.checkpoint == str(tmp_path / "b" / "last.pt")
+    assert (tmp_path / "b" / "metrics.jsonl").read_text().count("\n") == 1
+    assert signal.getsignal(signal.SIGINT) is before
+    monkeypatch.undo()
+    assert train_cf(config, data_dir, tmp_path / "b", resume=True) == straight
 
 
 # --- configuration --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ collaborative reward regularisation (paper Section 2.4, Eq. 10).
   epoch), ``last.pt`` (resumable: model, optimizer, epoch, best metric, RNG state),
   ``best.pt`` (best validation NDCG@10) and ``final.json``. Checkpoints are written
   atomically. Early stopping after ``patience`` epochs without a better validation NDCG@10.
+  SIGTERM or SIGINT ends the run after the current epoch, once its ``last.pt`` is saved.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ilrec.metrics import rank_metrics
 from ilrec.models.cf import CF_MODELS, SequentialRecommender, build_cf_model, pad_histories
 from ilrec.models.cf import model_parameters as _model_parameters
 from ilrec.models.modes import eval_mode
+from ilrec.training.signals import StopOnSignal, TrainingStopped
 
 logger = logging.getLogger(__name__)
 
@@ -480,32 +482,36 @@ def train_cf(
         metrics_path.unlink(missing_ok=True)
     _write_run_info(run_dir, config, data_dir, data.name, data.n_items, len(users), len(windows))
     saved_fields = {"config": dataclasses.asdict(config), "n_items": data.n_items, "users": users}
+    # SIGTERM/SIGINT: stop after the current epoch, once its last.pt is saved
+    with StopOnSignal() as stopper:
+        while progress.epoch < config.epochs and progress.bad_epochs < config.patience:
+            started = time.perf_counter()
+            train_loss = _train_epoch(model, optimizer, windows, config, progress.epoch + 1)
+            seconds = time.perf_counter() - started
+            valid = evaluate_cf(model, splits.valid, data.n_items, config.eval_batch_size)
+            progress.epoch += 1
+            if valid[SELECTION_METRIC] > progress.best_metric:
+                progress = _Progress(progress.epoch, valid[SELECTION_METRIC], progress.epoch, 0)
+                best = {"model": model.state_dict(), "epoch": progress.epoch, "valid": valid}
+                _save(best_path, saved_fields | best)
+            else:
+                progress.bad_epochs += 1
+            line = {"epoch": progress.epoch, "train_loss": train_loss, "train_seconds": seconds}
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line | {"valid": valid}) + "\n")
+            last = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "progress": dataclasses.asdict(progress),
+                "rng": _rng_state(),
+            }
+            _save(last_path, saved_fields | last)
+            logger.info(
+                "%s epoch %d loss %.4f valid %s", config.model, progress.epoch, train_loss, valid
+            )
+            if stopper.received is not None:
+                raise TrainingStopped(stopper.received, progress.epoch, str(last_path), "epoch")
 
-    while progress.epoch < config.epochs and progress.bad_epochs < config.patience:
-        started = time.perf_counter()
-        train_loss = _train_epoch(model, optimizer, windows, config, progress.epoch + 1)
-        seconds = time.perf_counter() - started
-        valid = evaluate_cf(model, splits.valid, data.n_items, config.eval_batch_size)
-        progress.epoch += 1
-        if valid[SELECTION_METRIC] > progress.best_metric:
-            progress = _Progress(progress.epoch, valid[SELECTION_METRIC], progress.epoch, 0)
-            best = {"model": model.state_dict(), "epoch": progress.epoch, "valid": valid}
-            _save(best_path, saved_fields | best)
-        else:
-            progress.bad_epochs += 1
-        line = {"epoch": progress.epoch, "train_loss": train_loss, "train_seconds": seconds}
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line | {"valid": valid}) + "\n")
-        last = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "progress": dataclasses.asdict(progress),
-            "rng": _rng_state(),
-        }
-        _save(last_path, saved_fields | last)
-        logger.info(
-            "%s epoch %d loss %.4f valid %s", config.model, progress.epoch, train_loss, valid
-        )
     return _final_evaluation(run_dir, config, splits, data.n_items, progress)
 
 

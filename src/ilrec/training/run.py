@@ -234,11 +234,8 @@ def fit(
     )
     # read before training: checkpoint rotation may delete the start checkpoint meanwhile
     start_epoch = checkpoint_epoch(start.checkpoint)
-    stopper.install()
-    try:
+    with stopper:
         output = trainer.train(resume_from_checkpoint=start.checkpoint)
-    finally:
-        stopper.restore()
     trainer.save_model(str(run_dir / "model"))
     if trainer.is_world_process_zero():
         # train_runtime covers this process's run (after a resume: its remaining part), so

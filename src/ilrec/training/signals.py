@@ -19,13 +19,13 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class TrainingStopped(Exception):
     """Training stopped on a signal after saving ``checkpoint``; ``--resume`` continues it."""
 
-    def __init__(self, signum: int, step: int, checkpoint: str) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: str, unit: str = "step") -> None:
         self.signum = signum
         self.step = step
         self.checkpoint = checkpoint
         name = signal.Signals(signum).name
         super().__init__(
-            f"stopped by {name} after step {step}; checkpoint saved in {checkpoint} "
+            f"stopped by {name} after {unit} {step}; checkpoint saved in {checkpoint} "
             "(run the same command with --resume to continue)"
         )
 
@@ -45,19 +45,23 @@ class StopOnSignal(TrainerCallback):
     previous handlers come back on the first).
 
     The ranks of a distributed run vote at every step end, so all of them stop after the same
-    step even when the signal reaches them at different times. Install the handlers with
-    :meth:`install` and put them back with :meth:`restore` (``fit`` does both)."""
+    step even when the signal reaches them at different times. The handlers are in place inside
+    ``with StopOnSignal() as stopper:``; a loop of its own (the CF trainer) reads
+    ``stopper.received`` where it can stop."""
 
     def __init__(self) -> None:
         self.received: int | None = None
         self.stopping = False
         self._previous: dict[int, object] = {}
 
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # Python delivers signals to the main thread only
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._on_signal)
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # signals go there only
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.restore()
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
