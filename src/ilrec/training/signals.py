@@ -65,15 +65,16 @@ class StopOnSignal(TrainerCallback):
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            # None: a handler not set from Python, which cannot be put back; the default then
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         self._previous.clear()
 
     def _on_signal(self, signum, frame) -> None:
         self.received = signum
         self.restore()
         log.warning(
-            "%s received: saving a checkpoint after this step, then stopping "
-            "(send it again to stop at once)",
+            "%s received: stopping after the current step (train-cf: epoch) once its "
+            "checkpoint is saved; send it again to stop at once",
             signal.Signals(signum).name,
         )
 
