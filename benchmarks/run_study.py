@@ -17,9 +17,9 @@ the first); a step that fails stops the study (its output is in
 it stopped. The file is read again before every step, so a study regenerated while it runs
 takes effect at its next step. SIGTERM or Ctrl-C (SIGINT) is passed to the running step,
 which saves a checkpoint after its current optimizer step and exits; the runner then starts
-nothing more (a second signal stops the step at once). ``--steps PATTERN`` (repeatable, shell-style) restricts a
-runner to the steps whose names match, so two runners can share one study on disjoint steps,
-one per core (e.g. ``--steps 'cand_*'`` and ``--steps 'title_*'``).
+nothing more (a second signal stops the step at once). ``--steps PATTERN`` (repeatable,
+shell-style) restricts a runner to the steps whose names match, so two runners can share one
+study on disjoint steps, one per core (e.g. ``--steps 'cand_*'`` and ``--steps 'title_*'``).
 """
 
 from __future__ import annotations
