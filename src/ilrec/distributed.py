@@ -3,9 +3,10 @@ Trainer under ``torchrun`` / ``accelerate launch``); a single process otherwise.
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 
-__all__ = ["barrier", "in_lockstep", "is_main_process", "rank_and_world"]
+__all__ = ["any_rank", "barrier", "in_lockstep", "is_main_process", "rank_and_world"]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -28,3 +29,12 @@ def is_main_process() -> bool:
 def barrier() -> None:
     if rank_and_world()[1] > 1:
         dist.barrier()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any process (all ranks must call this together)."""
+    if rank_and_world()[1] == 1:
+        return flag
+    votes = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+    return bool(votes.item())

@@ -7,9 +7,9 @@ import logging
 import signal
 import threading
 
-import torch
-import torch.distributed as dist
 from transformers import TrainerCallback
+
+from ilrec.distributed import any_rank
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +28,6 @@ class TrainingStopped(Exception):
             f"stopped by {name} after {unit} {step}; checkpoint saved in {checkpoint} "
             "(run the same command with --resume to continue)"
         )
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """Whether ``flag`` is set on any process (all ranks must call this together)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    votes = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(votes, op=dist.ReduceOp.MAX)
-    return bool(votes.item())
 
 
 class StopOnSignal(TrainerCallback):
