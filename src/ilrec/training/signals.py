@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ilrec.distributed import any_rank
 
@@ -77,6 +79,7 @@ class StopOnSignal(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if self.stopping:  # the checkpoint of this step is on disk: leave before anything else
-            checkpoint = f"{args.output_dir}/checkpoint-{state.global_step}"
-            raise TrainingStopped(self.received or signal.SIGTERM, state.global_step, checkpoint)
+            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            signum = self.received or signal.SIGTERM  # a rank that only saw the vote
+            raise TrainingStopped(signum, state.global_step, str(checkpoint))
         return control
