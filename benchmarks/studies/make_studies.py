@@ -19,7 +19,7 @@ test (beam, all users; exact, the first ``EXACT_USERS`` users).
 from one SFT run with length-grouped batches (sized to fit one session).
 ``instruments_grouped_seeds.yaml``: SFT and ILRec with length-grouped batches, three seeds.
 ``instruments_depth_grouped.yaml``: SFT and ILRec points on the `deep` model (grouped, screening),
-then the middle layers confirmed over three seeds.
+then the middle layers confirmed over three seeds, then Table 6 and Figure 5's points.
 The CF model (RosePO's oracle, ILRec's CRR reward) is ``{root}/cf/sasrec``.
 """
 
@@ -202,7 +202,7 @@ SWEEP_BUDGET = ["model.preset=deep", "train.epochs=3", "train.patience=0"]
 SWEEP = {
     "center": [],
     **{f"alpha{a}": [f"objective.alpha={a}"] for a in (0.1, 0.5, 1.0, 1.2)},
-    **{f"beta{b}": [f"objective.beta={b}"] for b in (0.01, 0.05, 0.1)},
+    **{f"beta{b}": [f"objective.beta={b}"] for b in (0.005, 0.01, 0.05, 0.1)},
     "sign_aware": ["objective.penalty=sign_aware"],
     **{f"k{k}": [f"objective.k={k}"] for k in (0, 2, 4)},
     "layers_upper": ["objective.layers=[-2,-3,-4]"],
@@ -257,6 +257,17 @@ DEPTH_POINTS = ("center", "k4", "k2", "layers_middle", "separate_head", "own_har
 # from two more seeds with SFT's, then the rest of Appendix A.5's layer choices
 DEPTH_CONFIRM = "layers_middle"
 DEPTH_MORE_POINTS = ("layers_upper", "layers_lower")
+# phase 3 (2026-12-02): the rest of Figure 5 (k 0; k 3 is `layers_upper`) and Table 6's one-at-a-
+# time alpha and beta values (the centre is alpha 0.8, beta 0.2), then item 2's remaining factors
+DEPTH_TABLE6_POINTS = (
+    "k0",
+    *(f"alpha{a}" for a in (0.1, 0.5, 1.0, 1.2)),
+    *(f"beta{b}" for b in (0.005, 0.01, 0.05, 0.1)),
+    "sign_aware",
+    "lambda0.01",
+    "mu0.0",
+    "max_neg4",
+)
 
 
 def depth_screen_study() -> dict:
@@ -265,7 +276,8 @@ def depth_screen_study() -> dict:
     the whole validation split. Phase 1: SFT and ILRec at k 1, 4, 2, the middle layers, a
     separate head and hardness weights (seed 0). Phase 2: SFT and the middle layers from seeds
     1 and 2 (``sft_s<seed>``, ``ilrec_layers_middle_s<seed>``), then the upper and lower layers
-    (seed 0). The study's own SASRec (the CRR reward) comes first."""
+    (seed 0). Phase 3: Figure 5's k 0 and Table 6's alpha and beta values, then the remaining
+    factors of item 2 (seed 0). The study's own SASRec (the CRR reward) comes first."""
     budget = [*SWEEP_BUDGET, "train.group_by_length=true"]
     folder = "{root}/depth_grouped"
     steps = [sasrec_step("Instruments", "epochs=60")]
@@ -281,7 +293,7 @@ def depth_screen_study() -> dict:
     for seed in (1, 2):
         pair(f"sft_s{seed}", None, seed)
         pair(f"ilrec_{DEPTH_CONFIRM}_s{seed}", DEPTH_CONFIRM, seed)
-    for point in DEPTH_MORE_POINTS:
+    for point in (*DEPTH_MORE_POINTS, *DEPTH_TABLE6_POINTS):
         pair(f"ilrec_{point}", point)
     return {"root": "runs/instruments_grouped", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
