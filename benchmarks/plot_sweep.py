@@ -35,10 +35,17 @@ SERIES = {
         "alpha1.0": 1.0,
         "alpha1.2": 1.2,
     },
-    "β (α 0.8)": {"beta0.01": 0.01, "beta0.05": 0.05, "beta0.1": 0.1, "center": 0.2},
+    "β (α 0.8)": {
+        "beta0.005": 0.005,
+        "beta0.01": 0.01,
+        "beta0.05": 0.05,
+        "beta0.1": 0.1,
+        "center": 0.2,
+    },
     # the upper layers (-2, -3, -4) are the layers of k 3
     "k (layers below the last)": {"k0": 0, "center": 1, "k2": 2, "layers_upper": 3, "k4": 4},
 }
+LOG_X = {"β (α 0.8)"}  # Table 6's β values span 0.005-0.2
 CENTER = "k 1, α 0.8, β 0.2, λ 0.1, μ 0.1"
 
 
@@ -128,6 +135,8 @@ def figure(points: dict[str, Point], metric: str, out: Path) -> Path:
             capsize=3,
             label="ILRec",
         )
+        if title in LOG_X:
+            ax.set_xscale("log")
         ax.set_title(title)
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)

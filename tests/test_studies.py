@@ -222,6 +222,12 @@ def test_sweep_table_gives_paired_differences_to_sft(tmp_path):
     text = plot_sweep.table(points, missing, "ndcg@10", users)
     assert "| center | 0.5000 | 0.5000 | +0.2500 [" in text
     assert plot_sweep.figure(points, "ndcg@10", tmp_path / "sweep.png").is_file()
+    # two points of the β series (centre and β 0.01) draw its panel, on a log axis
+    _rankings(tmp_path / "ilrec_beta0.01", [miss, miss, miss, miss], targets)
+    points, _, _ = plot_sweep.measure(tmp_path, "valid", "beam", "ndcg@10", 200, names)
+    assert points["beta0.01"].delta == pytest.approx(-0.25)
+    assert plot_sweep.figure(points, "ndcg@10", tmp_path / "beta.png").is_file()
+    (tmp_path / "ilrec_beta0.01" / "eval_valid_beam.rankings.tsv").unlink()
     # an archived point (gzipped rankings) reads the same
     plain = tmp_path / "ilrec_center" / "eval_valid_beam.rankings.tsv"
     plain.with_name(plain.name + ".gz").write_bytes(gzip.compress(plain.read_bytes()))
