@@ -258,11 +258,14 @@ DEPTH_POINTS = ("center", "k4", "k2", "layers_middle", "separate_head", "own_har
 DEPTH_CONFIRM = "layers_middle"
 DEPTH_MORE_POINTS = ("layers_upper", "layers_lower")
 # phase 3 (2026-12-02): the rest of Figure 5 (k 0; k 3 is `layers_upper`) and Table 6's one-at-a-
-# time alpha and beta values (the centre is alpha 0.8, beta 0.2), then item 2's remaining factors
-DEPTH_TABLE6_POINTS = (
+# time alpha and beta values (the centre is alpha 0.8, beta 0.2), item 4's second option (the
+# additive margin), then item 2's remaining factors
+DEPTH_PHASE3_POINTS = (
     "k0",
     *(f"alpha{a}" for a in (0.1, 0.5, 1.0, 1.2)),
     *(f"beta{b}" for b in (0.005, 0.01, 0.05, 0.1)),
+    "own_additive_margin_b0.5",
+    "own_additive_margin_b2.0",
     "sign_aware",
     "lambda0.01",
     "mu0.0",
@@ -276,8 +279,8 @@ def depth_screen_study() -> dict:
     the whole validation split. Phase 1: SFT and ILRec at k 1, 4, 2, the middle layers, a
     separate head and hardness weights (seed 0). Phase 2: SFT and the middle layers from seeds
     1 and 2 (``sft_s<seed>``, ``ilrec_layers_middle_s<seed>``), then the upper and lower layers
-    (seed 0). Phase 3: Figure 5's k 0 and Table 6's alpha and beta values, then the remaining
-    factors of item 2 (seed 0). The study's own SASRec (the CRR reward) comes first."""
+    (seed 0). Phase 3: Figure 5's k 0 and Table 6's alpha and beta values, the additive
+    margin (item 4), then the remaining factors of item 2 (seed 0). The study's own SASRec (the CRR reward) comes first."""
     budget = [*SWEEP_BUDGET, "train.group_by_length=true"]
     folder = "{root}/depth_grouped"
     steps = [sasrec_step("Instruments", "epochs=60")]
@@ -293,7 +296,7 @@ def depth_screen_study() -> dict:
     for seed in (1, 2):
         pair(f"sft_s{seed}", None, seed)
         pair(f"ilrec_{DEPTH_CONFIRM}_s{seed}", DEPTH_CONFIRM, seed)
-    for point in (*DEPTH_MORE_POINTS, *DEPTH_TABLE6_POINTS):
+    for point in (*DEPTH_MORE_POINTS, *DEPTH_PHASE3_POINTS):
         pair(f"ilrec_{point}", point)
     return {"root": "runs/instruments_grouped", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
