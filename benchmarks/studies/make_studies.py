@@ -199,10 +199,12 @@ SWEEP_BUDGET = ["model.preset=deep", "train.epochs=3", "train.patience=0"]
 # beta 0.2, lambda 0.1, mu 0.1) on the 12-layer `deep` model: the paper's ranges (Table 6,
 # Figure 5), layer choices (Appendix A.5 scaled to 12 layers), heads, negatives, the project's
 # own options. Layers count from the end: -2 is the layer just below the final one.
+TABLE6_ALPHAS = (0.1, 0.5, 1.0, 1.2)  # the paper's Table 6, one at a time around the centre
+TABLE6_BETAS = (0.005, 0.01, 0.05, 0.1)
 SWEEP = {
     "center": [],
-    **{f"alpha{a}": [f"objective.alpha={a}"] for a in (0.1, 0.5, 1.0, 1.2)},
-    **{f"beta{b}": [f"objective.beta={b}"] for b in (0.005, 0.01, 0.05, 0.1)},
+    **{f"alpha{a}": [f"objective.alpha={a}"] for a in TABLE6_ALPHAS},
+    **{f"beta{b}": [f"objective.beta={b}"] for b in TABLE6_BETAS},
     "sign_aware": ["objective.penalty=sign_aware"],
     **{f"k{k}": [f"objective.k={k}"] for k in (0, 2, 4)},
     "layers_upper": ["objective.layers=[-2,-3,-4]"],
@@ -262,8 +264,8 @@ DEPTH_MORE_POINTS = ("layers_upper", "layers_lower")
 # additive margin), then item 2's remaining factors
 DEPTH_PHASE3_POINTS = (
     "k0",
-    *(f"alpha{a}" for a in (0.1, 0.5, 1.0, 1.2)),
-    *(f"beta{b}" for b in (0.005, 0.01, 0.05, 0.1)),
+    *(f"alpha{a}" for a in TABLE6_ALPHAS),
+    *(f"beta{b}" for b in TABLE6_BETAS),
     "own_additive_margin_b0.5",
     "own_additive_margin_b2.0",
     "sign_aware",
@@ -280,7 +282,8 @@ def depth_screen_study() -> dict:
     separate head and hardness weights (seed 0). Phase 2: SFT and the middle layers from seeds
     1 and 2 (``sft_s<seed>``, ``ilrec_layers_middle_s<seed>``), then the upper and lower layers
     (seed 0). Phase 3: Figure 5's k 0 and Table 6's alpha and beta values, the additive
-    margin (item 4), then the remaining factors of item 2 (seed 0). The study's own SASRec (the CRR reward) comes first."""
+    margin (item 4), then the remaining factors of item 2 (seed 0). The study's own SASRec
+    (the CRR reward) comes first."""
     budget = [*SWEEP_BUDGET, "train.group_by_length=true"]
     folder = "{root}/depth_grouped"
     steps = [sasrec_step("Instruments", "epochs=60")]
