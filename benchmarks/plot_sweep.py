@@ -113,6 +113,11 @@ def table(points: dict[str, Point], missing: list[str], metric: str, users: int)
 
 
 def figure(points: dict[str, Point], metric: str, out: Path) -> Path:
+    """Draw the sweep (see `draw`) and write it to ``out``."""
+    return save_figure(draw(points, metric), out)
+
+
+def draw(points: dict[str, Point], metric: str):
     """One panel per series with at least two evaluated points (the metric against the
     factor's value), and a panel of every point's paired Δ to SFT with its interval."""
     plt = pyplot()
@@ -156,7 +161,7 @@ def figure(points: dict[str, Point], metric: str, out: Path) -> Path:
     ax.set_title("every point")
     ax.set_xlabel(f"Δ {metric} vs SFT (95% paired)")
     fig.tight_layout()
-    return save_figure(fig, out)
+    return fig
 
 
 def main() -> None:

@@ -226,7 +226,11 @@ def test_sweep_table_gives_paired_differences_to_sft(tmp_path):
     _rankings(tmp_path / "ilrec_beta0.01", [miss, miss, miss, miss], targets)
     points, _, _ = plot_sweep.measure(tmp_path, "valid", "beam", "ndcg@10", 200, names)
     assert points["beta0.01"].delta == pytest.approx(-0.25)
-    assert plot_sweep.figure(points, "ndcg@10", tmp_path / "beta.png").is_file()
+    fig = plot_sweep.draw(points, "ndcg@10")
+    beta_panel = next(ax for ax in fig.axes if ax.get_title().startswith("β"))
+    assert beta_panel.get_xscale() == "log"
+    assert {ax.get_xscale() for ax in fig.axes if ax is not beta_panel} == {"linear"}
+    plot_sweep.pyplot().close(fig)
     (tmp_path / "ilrec_beta0.01" / "eval_valid_beam.rankings.tsv").unlink()
     # an archived point (gzipped rankings) reads the same
     plain = tmp_path / "ilrec_center" / "eval_valid_beam.rankings.tsv"
