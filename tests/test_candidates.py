@@ -325,6 +325,20 @@ def test_compare_reads_candidate_rankings(runs, capsys):
     assert "| hit@1 |" in out and "| Δ ndcg@5 |" in out and "12 users" in out
 
 
+def test_evaluate_threads_default_to_the_runs_and_can_be_overridden(runs, sft_runs, monkeypatch):
+    from ilrec.evaluation import candidate_report, report
+
+    seen: list[int] = []
+    monkeypatch.setattr(candidate_report, "set_threads", seen.append)
+    monkeypatch.setattr(report, "set_threads", seen.append)
+    candidates = ["evaluate", "--run", str(runs["prompt"]), "--mode", "candidates"]
+    full = ["evaluate", "--run", str(sft_runs["prompt"]), "--mode", "beam"]
+    for argv in (candidates, full):
+        assert main([*argv, "--users", "2"]) == 0
+        assert main([*argv, "--users", "2", "--threads", "2"]) == 0
+    assert seen == [1, 2, 1, 2]  # the runs were trained with train.threads=1
+
+
 def test_ilrec_objective_trains_on_candidate_rows(synthetic_dir, stem, tmp_path):
     run = tmp_path / "ilrec"
     extra = (*FORMATS["prompt"], "objective.name=ilrec")

@@ -143,6 +143,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="text formats: the model first writes a greedy rationale of up to N tokens and "
         "' Answer: ' (RLVR-reasoning); results go to eval_<split>_<mode>_reasoning<N>*",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: the run's train.threads; 0 = all cores); use 1 per "
+        "process when other jobs share the cores",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -357,6 +364,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.batch_size,
         args.users,
         reasoning_tokens=args.reasoning_tokens,
+        threads=args.threads,
     )
     return 0
 

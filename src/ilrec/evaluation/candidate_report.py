@@ -46,6 +46,7 @@ def evaluate_candidate_run(
     users: int = 0,
     progress: bool = True,
     max_new_tokens: int | None = None,
+    threads: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the selected model of a candidate-task run on ``split``.
 
@@ -61,6 +62,7 @@ def evaluate_candidate_run(
         users: evaluate the first N rows only (0 = all).
         progress: show a progress bar for the scoring.
         max_new_tokens: generation budget (None: 20 for titles, identifier length + 1).
+        threads: torch threads (None: the run's ``train.threads``).
 
     Returns:
         ``{"popularity", "model (ranking)": {hit@1, hit@5, ndcg@5}, "model (greedy, exact
@@ -70,7 +72,7 @@ def evaluate_candidate_run(
     config = load_config(run_dir / "config.yaml")
     if config.data.task != "candidates":
         raise ValueError(f"{run_dir}: --mode candidates needs a run with data.task=candidates")
-    set_threads(config.train.threads)
+    set_threads(config.train.threads if threads is None else threads)
     setup = load_setup(config)
     model, tokenizer = load_trained(run_dir, setup)
     encoder = make_encoder(setup, tokenizer)

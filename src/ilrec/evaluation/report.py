@@ -34,6 +34,7 @@ def evaluate_run(
     users: int = 0,
     progress: bool = True,
     reasoning_tokens: int = 0,
+    threads: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the selected model of ``run_dir`` on ``split``.
 
@@ -43,13 +44,14 @@ def evaluate_run(
     tokens and the separator (a model trained with ``align.reasoning_tokens``).
     ``mode="candidates"`` (a run with ``data.task=candidates``) is
     :func:`~ilrec.evaluation.candidate_report.evaluate_candidate_run`.
+    ``threads``: torch threads (None: the run's ``train.threads``).
     """
     if mode == "candidates":
         if reasoning_tokens:
             raise ValueError("--reasoning-tokens applies to full ranking, not --mode candidates")
         from ilrec.evaluation.candidate_report import evaluate_candidate_run
 
-        return evaluate_candidate_run(run_dir, split, batch_size, users, progress)
+        return evaluate_candidate_run(run_dir, split, batch_size, users, progress, threads=threads)
     run_dir = require_run_dir(run_dir)
     config = load_config(run_dir / "config.yaml")
     if config.data.task == "candidates":
@@ -57,7 +59,7 @@ def evaluate_run(
             f"{run_dir} was trained on candidate rows (data.task=candidates): "
             "evaluate it with --mode candidates"
         )
-    set_threads(config.train.threads)
+    set_threads(config.train.threads if threads is None else threads)
     setup = load_setup(config)
     model, tokenizer = load_trained(run_dir, setup)
     encoder = make_encoder(setup, tokenizer)
