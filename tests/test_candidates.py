@@ -326,11 +326,10 @@ def test_compare_reads_candidate_rankings(runs, capsys):
 
 
 def test_evaluate_threads_default_to_the_runs_and_can_be_overridden(runs, sft_runs, monkeypatch):
-    from ilrec.evaluation import candidate_report, report
+    from ilrec.runs import setup
 
     seen: list[int] = []
-    monkeypatch.setattr(candidate_report, "set_threads", seen.append)
-    monkeypatch.setattr(report, "set_threads", seen.append)
+    monkeypatch.setattr(setup, "set_threads", seen.append)
     candidates = ["evaluate", "--run", str(runs["prompt"]), "--mode", "candidates"]
     full = ["evaluate", "--run", str(sft_runs["prompt"]), "--mode", "beam"]
     for argv in (candidates, full):

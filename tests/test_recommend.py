@@ -131,6 +131,18 @@ def test_cli_matches_evaluation(runs, tmp_path, capsys, mode):
     assert capsys.readouterr().out == ""  # the recommendations went to the file only
 
 
+def test_cli_threads_default_to_the_runs_and_can_be_overridden(runs, tmp_path, monkeypatch):
+    from ilrec.runs import setup
+
+    seen: list[int] = []
+    monkeypatch.setattr(setup, "set_threads", seen.append)
+    source = _write_jsonl(tmp_path / "histories.jsonl", [{"user": 0, "history": [1, 2]}])
+    argv = ["recommend", "--run", str(runs["sequence"]), "--input", str(source)]
+    for i, extra in enumerate(([], ["--threads", "2"])):
+        assert main([*argv, "--output", str(tmp_path / f"out{i}.jsonl"), *extra]) == 0
+    assert seen == [1, 2]  # the run was trained with train.threads=1
+
+
 def test_cli_original_ids_round_trip(runs, tmp_path, capsys):
     run = runs["sequence"]
     setup, examples, full = _test_users(run)

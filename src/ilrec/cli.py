@@ -99,6 +99,16 @@ def _add_run_folder_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
 
 
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: the run's train.threads; 0 = all cores); use 1 per "
+        "process when other jobs share the cores",
+    )
+
+
 def _add_align(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "align",
@@ -143,13 +153,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="text formats: the model first writes a greedy rationale of up to N tokens and "
         "' Answer: ' (RLVR-reasoning); results go to eval_<split>_<mode>_reasoning<N>*",
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads (default: the run's train.threads; 0 = all cores); use 1 per "
-        "process when other jobs share the cores",
-    )
+    add_threads_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -183,6 +187,7 @@ def _add_recommend(sub: argparse._SubParsersAction) -> None:
         help="report bad input lines on stderr and process the rest (default: fail, write nothing)",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing --output file")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_recommend)
 
 
@@ -382,6 +387,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         beams=args.beams,
         skip_bad_lines=args.skip_bad_lines,
+        threads=args.threads,
         force=args.force,
     )
     return 0

@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-from ilrec.config import load_config
 from ilrec.data.io import atomic_write_json, atomic_write_text
 from ilrec.data.split import popularity_counts
 from ilrec.distributed import is_main_process
@@ -21,8 +20,7 @@ from ilrec.evaluation.candidates import (
 )
 from ilrec.evaluation.report import markdown_table
 from ilrec.evaluation.result_files import eval_stem, rankings_tsv
-from ilrec.runs.files import require_run_dir
-from ilrec.runs.setup import load_setup, load_trained, make_encoder, set_threads
+from ilrec.runs.setup import load_for_inference, load_setup, open_run
 
 __all__ = ["evaluate_candidate_run"]
 
@@ -68,14 +66,11 @@ def evaluate_candidate_run(
         ``{"popularity", "model (ranking)": {hit@1, hit@5, ndcg@5}, "model (greedy, exact
         match)", "model (greedy, substring match)": {hit@1, valid}}``.
     """
-    run_dir = require_run_dir(run_dir)
-    config = load_config(run_dir / "config.yaml")
+    run_dir, config = open_run(run_dir, threads)
     if config.data.task != "candidates":
         raise ValueError(f"{run_dir}: --mode candidates needs a run with data.task=candidates")
-    set_threads(config.train.threads if threads is None else threads)
     setup = load_setup(config)
-    model, tokenizer = load_trained(run_dir, setup)
-    encoder = make_encoder(setup, tokenizer)
+    model, encoder = load_for_inference(run_dir, setup)
     examples = setup.splits.examples(split)
     examples = examples[:users] if users > 0 else examples
     main = is_main_process()

@@ -5,14 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ilrec.config import load_config
 from ilrec.data.io import atomic_write_json, atomic_write_text
 from ilrec.data.split import popularity_counts
 from ilrec.distributed import is_main_process
 from ilrec.evaluation.ranking import evaluate_examples, popularity_metrics
 from ilrec.evaluation.result_files import eval_stem, rankings_tsv
-from ilrec.runs.files import require_run_dir
-from ilrec.runs.setup import load_setup, load_trained, make_encoder, set_threads
+from ilrec.runs.setup import load_for_inference, load_setup, open_run
 
 METRIC_KEYS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10")
 
@@ -52,17 +50,14 @@ def evaluate_run(
         from ilrec.evaluation.candidate_report import evaluate_candidate_run
 
         return evaluate_candidate_run(run_dir, split, batch_size, users, progress, threads=threads)
-    run_dir = require_run_dir(run_dir)
-    config = load_config(run_dir / "config.yaml")
+    run_dir, config = open_run(run_dir, threads)
     if config.data.task == "candidates":
         raise ValueError(
             f"{run_dir} was trained on candidate rows (data.task=candidates): "
             "evaluate it with --mode candidates"
         )
-    set_threads(config.train.threads if threads is None else threads)
     setup = load_setup(config)
-    model, tokenizer = load_trained(run_dir, setup)
-    encoder = make_encoder(setup, tokenizer)
+    model, encoder = load_for_inference(run_dir, setup)
     examples = setup.splits.examples(split)
     if users > 0:
         examples = examples[:users]

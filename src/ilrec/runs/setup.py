@@ -122,6 +122,27 @@ def max_length(setup: Setup) -> int:
     return 1024
 
 
+def open_run(run_dir: str | Path, threads: int | None = None) -> tuple[Path, Config]:
+    """A finished run's folder and config, with torch's threads set for using it.
+
+    ``threads``: None takes the run's ``train.threads``; pass 1 when other jobs share the
+    cores (a run resumed with more threads records that count, and oversubscribed cores are
+    10-40x slower).
+    """
+    from ilrec.config import load_config
+
+    run_dir = require_run_dir(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    set_threads(config.train.threads if threads is None else threads)
+    return run_dir, config
+
+
+def load_for_inference(run_dir: Path, setup: Setup) -> tuple[PreTrainedModel, Encoder]:
+    """The run's selected model (eval mode, merged, placed) and its encoder."""
+    model, tokenizer = load_trained(run_dir, setup)
+    return model, make_encoder(setup, tokenizer)
+
+
 def load_trained(
     run_dir: Path, setup: Setup | None = None, trainable: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -180,6 +180,7 @@ def recommend_file(
     beams: int = 20,
     skip_bad_lines: bool = False,
     force: bool = False,
+    threads: int | None = None,
 ) -> int:
     """``ilrec recommend``: rank for every history of a JSONL file, write JSONL.
 
@@ -197,22 +198,19 @@ def recommend_file(
         beams: beam width in beam mode (``ilrec evaluate --beams``).
         skip_bad_lines: skip (and report) bad lines instead of failing.
         force: overwrite an existing output file.
+        threads: torch threads (None: the run's ``train.threads``).
 
     Returns:
         The number of histories written.
     """
-    from ilrec.config import load_config
     from ilrec.data.io import atomic_write_text
-    from ilrec.runs.files import require_run_dir
-    from ilrec.runs.setup import load_setup, set_threads
+    from ilrec.runs.setup import load_setup, open_run
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if output is not None and Path(output).exists() and not force:
         raise FileExistsError(f"{output} exists; pass --force to overwrite it")
-    run_dir = require_run_dir(run_dir)
-    config = load_config(run_dir / "config.yaml")
-    set_threads(config.train.threads)
+    run_dir, config = open_run(run_dir, threads)
     setup = load_setup(config)
     requests = read_histories(input_path, Catalogue.from_data(setup.data), id_type, skip_bad_lines)
     recommender = Recommender.from_run(run_dir, mode, batch_size, beams, setup=setup)

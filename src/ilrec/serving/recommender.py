@@ -169,8 +169,8 @@ class Recommender:
     ) -> Recommender:
         """Load a finished run once: config, data, model (merged, eval), tokenizer, encoder.
 
-        Torch's thread count is left as it is (``ilrec recommend`` sets the run's
-        ``train.threads``, as ``ilrec evaluate`` does).
+        Torch's thread count is left as it is (``ilrec recommend`` sets them with
+        :func:`~ilrec.runs.setup.open_run`, as ``ilrec evaluate`` does).
 
         Args:
             run_dir: a folder written by ``ilrec train`` or ``ilrec align``.
@@ -187,13 +187,12 @@ class Recommender:
         """
         from ilrec.config import load_config
         from ilrec.runs.files import require_run_dir
-        from ilrec.runs.setup import load_setup, load_trained, make_encoder
+        from ilrec.runs.setup import load_for_inference, load_setup
 
         run_dir = require_run_dir(run_dir)
         if setup is None:
             setup = load_setup(load_config(run_dir / "config.yaml"))
-        model, tokenizer = load_trained(run_dir, setup)
-        encoder = make_encoder(setup, tokenizer)
+        model, encoder = load_for_inference(run_dir, setup)
         catalogue = Catalogue.from_data(setup.data)
         return cls(
             model, encoder, catalogue, setup.config.data.max_history, mode, batch_size, beams
