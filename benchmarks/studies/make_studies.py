@@ -18,8 +18,9 @@ test (beam, all users; exact, the first ``EXACT_USERS`` users).
 ``instruments_exact_grouped.yaml``: the exact-ranking rows of SFT, ILRec and the DPO family
 from one SFT run with length-grouped batches (sized to fit one session).
 ``instruments_grouped_seeds.yaml``: SFT and ILRec with length-grouped batches, three seeds.
-``instruments_final.yaml``: the final table (issue 11): the same six runs, each ranked by beam on
-all test users and exactly on the first ``EXACT_USERS``.
+``instruments_final.yaml``, ``games_final.yaml``: the final table (issue 11): grouped SFT and
+ILRec, three seeds, each ranked by beam on all test users and exactly on the first
+``EXACT_USERS`` (on Instruments the runs of ``instruments_grouped_seeds.yaml``).
 ``instruments_depth_grouped.yaml``: SFT and ILRec points on the `deep` model (grouped, screening),
 then the middle layers confirmed over three seeds, then Table 6 and Figure 5's points.
 The CF model (RosePO's oracle, ILRec's CRR reward) is ``{root}/cf/sasrec``.
@@ -455,21 +456,24 @@ def grouped_seeds_study() -> dict:
     }
 
 
-def final_exact_study() -> dict:
-    """Issue 11's final table: the runs of ``grouped_seeds_study`` (same root, same step names,
-    so a run trained by either study is not trained again), each ranked by beam on every test
-    user and exactly on the first ``EXACT_USERS``. A retrained run is not bit-identical to an
-    earlier one (float reductions), so both rows are taken from the same model. Seed-major, so
-    two runners sharing the study finish a paired SFT/ILRec seed before starting the next."""
+def final_study(dataset: str, root: str, *sasrec_overrides: str) -> dict:
+    """Issue 11's final table on ``dataset``: SFT and ILRec as in the paper with length-grouped
+    batches, seeds 0-2, each ranked by beam on every test user and exactly on the first
+    ``EXACT_USERS``. On Instruments these are the runs of ``grouped_seeds_study`` (same root,
+    same step names, so a run trained by either study is not trained again); a retrained run
+    is not bit-identical to an earlier one (float reductions), so both rows are taken from the
+    same model. Seed-major, so two runners sharing the study finish a paired SFT/ILRec seed
+    before starting the next."""
     grouped = ["train.group_by_length=true"]
-    steps = [sasrec_step("Instruments", "epochs=60")]
+    steps = [sasrec_step(dataset.capitalize(), *sasrec_overrides)]
     for seed in SEEDS:
         for kind in ("sft", "ilrec"):
             run = f"{{root}}/{kind}_s{seed}"
-            steps.append(train_step(f"{kind}_s{seed}", f"instruments_{kind}", run, seed, grouped))
+            config = f"{dataset}_{kind}"
+            steps.append(train_step(f"{kind}_s{seed}", config, run, seed, grouped))
             steps.append(evaluate(run, "test"))
             steps.append(evaluate(run, "test", "exact", EXACT_USERS))
-    return {"root": "runs/instruments_grouped", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
+    return {"root": root, "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
 
 def write(name: str, header: str, study: dict) -> None:
@@ -496,7 +500,12 @@ def main() -> None:
     write("games.yaml", note, games_study(selected))
     write("instruments_exact_grouped.yaml", note, grouped_exact_study(selected))
     write("instruments_grouped_seeds.yaml", note, grouped_seeds_study())
-    write("instruments_final.yaml", note, final_exact_study())
+    write(
+        "instruments_final.yaml",
+        note,
+        final_study("instruments", "runs/instruments_grouped", "epochs=60"),
+    )
+    write("games_final.yaml", note, final_study("games", "runs/games_grouped"))
     write("instruments_depth_grouped.yaml", note, depth_screen_study())
     write("instruments_depth_full.yaml", note, depth_full_study())
 
