@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
 from ilrec.data.encoding import Encoder
 from ilrec.data.split import Example
@@ -27,6 +28,7 @@ from ilrec.metrics import rank_metrics
 from ilrec.models.modes import eval_mode
 
 MODES = ("beam", "exact", "ground")
+CHUNK_USERS = 64  # users per chunk of a resumable evaluation (rounded to whole batches)
 
 
 def shard_rows(fn: Callable[[list], torch.Tensor], items: list) -> torch.Tensor:
@@ -61,6 +63,31 @@ def rank_sharded(
 ) -> torch.Tensor:
     """``LongTensor[U, k]`` from ``rank_fn`` over this rank's users, gathered in order."""
     return shard_rows(lambda mine: rank_fn(mine)[:, :k], prompts)
+
+
+def rank_in_chunks(
+    rank_fn: Callable[[list[list[int]]], torch.Tensor],
+    prompts: list[list[int]],
+    k: int,
+    chunk: int,
+    done: torch.Tensor | None = None,
+    on_chunk: Callable[[torch.Tensor], None] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """:func:`rank_sharded` over consecutive chunks of ``prompts``, skipping the first
+    ``len(done)`` (rows ranked before) and passing every row so far to ``on_chunk`` after each
+    chunk: a killed evaluation can resume from what it saved."""
+    parts = [done[:, :k]] if done is not None and len(done) else []
+    start = len(parts[0]) if parts else 0
+    if start > len(prompts):
+        raise ValueError(f"{start} rows already ranked for {len(prompts)} prompts")
+    with tqdm(total=len(prompts), initial=start, disable=not progress, unit="user") as bar:
+        for lo in range(start, len(prompts), chunk):
+            parts.append(rank_sharded(rank_fn, prompts[lo : lo + chunk], k))
+            bar.update(len(parts[-1]))
+            if on_chunk is not None:
+                on_chunk(torch.cat(parts))
+    return torch.cat(parts)
 
 
 def make_ranker(
@@ -105,10 +132,15 @@ def evaluate_examples(
     ks: tuple[int, ...] = (5, 10),
     progress: bool = False,
     reasoning_tokens: int = 0,
+    done: torch.Tensor | None = None,
+    on_chunk: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Metrics and top-``beams`` rankings of a list of examples (prompt paraphrase 0).
     ``reasoning_tokens > 0`` (text formats): each prompt is first extended by the model's greedy
-    rationale of up to that many tokens and the separator, as RLVR-reasoning answers."""
+    rationale of up to that many tokens and the separator, as RLVR-reasoning answers.
+    ``done`` / ``on_chunk`` (resumable evaluation): the rows of the first users, ranked before,
+    and a function given every row so far after each chunk of users
+    (:func:`rank_in_chunks`)."""
     prompts = [encoder.prompt_ids(e.history) for e in examples]
     if reasoning_tokens > 0:
         if encoder.fmt == "sequence":
@@ -116,9 +148,14 @@ def evaluate_examples(
         prompts = greedy_reasoning_prompts(
             model, encoder.tokenizer, prompts, reasoning_tokens, batch_size
         )
+    resumable = done is not None or on_chunk is not None
     with eval_mode(model):
-        ranker = make_ranker(model, encoder, mode, beams, batch_size, progress)
-        ranked = rank_sharded(ranker, prompts, beams)
+        ranker = make_ranker(model, encoder, mode, beams, batch_size, progress and not resumable)
+        if resumable:
+            chunk = batch_size * max(1, CHUNK_USERS // batch_size)
+            ranked = rank_in_chunks(ranker, prompts, beams, chunk, done, on_chunk, progress)
+        else:
+            ranked = rank_sharded(ranker, prompts, beams)
     targets = torch.tensor([e.target for e in examples])
     return rank_metrics(ranked, targets, ks=ks), ranked
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from ilrec.data.io import atomic_write_json, atomic_write_text
 from ilrec.data.split import popularity_counts
 from ilrec.distributed import is_main_process
+from ilrec.evaluation.partial import PartialRankings, model_signature
 from ilrec.evaluation.ranking import evaluate_examples, popularity_metrics
 from ilrec.evaluation.result_files import eval_stem, rankings_tsv
 from ilrec.runs.setup import load_for_inference, load_setup, open_run
@@ -43,6 +44,9 @@ def evaluate_run(
     ``mode="candidates"`` (a run with ``data.task=candidates``) is
     :func:`~ilrec.evaluation.candidate_report.evaluate_candidate_run`.
     ``threads``: torch threads (None: the run's ``train.threads``).
+    Resumable: the rows ranked so far are kept in ``<stem>.partial.pt`` (see
+    :mod:`ilrec.evaluation.partial`) until the results are written; running the same
+    evaluation again continues from them.
     """
     if mode == "candidates":
         if reasoning_tokens:
@@ -63,6 +67,20 @@ def evaluate_run(
         examples = examples[:users]
     ks = tuple(config.eval.ks)
     main = is_main_process()
+    stem = run_dir / eval_stem(split, mode, users, reasoning_tokens)
+    partial = PartialRankings(
+        stem.with_suffix(".partial.pt"),
+        {
+            "split": split,
+            "mode": mode,
+            "beams": beams,
+            "reasoning_tokens": reasoning_tokens,
+            "users": [[e.user, e.target] for e in examples],
+            "model": model_signature(run_dir),
+        },
+        write=main,
+    )
+    done = partial.load()
     start = time.perf_counter()
     metrics, ranked = evaluate_examples(
         model,
@@ -74,6 +92,8 @@ def evaluate_run(
         ks=ks,
         progress=progress and main,
         reasoning_tokens=reasoning_tokens,
+        done=done,
+        on_chunk=partial.save,
     )
     seconds = time.perf_counter() - start
     rows = {
@@ -82,8 +102,10 @@ def evaluate_run(
         ),
         f"model ({mode})": metrics,
     }
-    if main:
-        stem = run_dir / eval_stem(split, mode, users, reasoning_tokens)
+    if main:  # the .json last: a study takes it as the mark of a finished evaluation
+        table = markdown_table(rows)
+        atomic_write_text(stem.with_suffix(".rankings.tsv"), rankings_tsv(examples, ranked))
+        atomic_write_text(stem.with_suffix(".md"), table + "\n")
         atomic_write_json(
             stem.with_suffix(".json"),
             {
@@ -93,11 +115,10 @@ def evaluate_run(
                 "users": len(examples),
                 "reasoning_tokens": reasoning_tokens,
                 "seconds": round(seconds, 2),
+                "resumed_after_users": 0 if done is None else len(done),
                 "metrics": rows,
             },
         )
-        table = markdown_table(rows)
-        atomic_write_text(stem.with_suffix(".md"), table + "\n")
-        atomic_write_text(stem.with_suffix(".rankings.tsv"), rankings_tsv(examples, ranked))
+        partial.remove()
         print(f"{split} split, {len(examples)} users, {mode} mode, {seconds:.1f} s\n{table}")
     return rows
