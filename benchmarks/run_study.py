@@ -12,7 +12,8 @@ writes a folder its arguments name (``evaluate --run X`` after the step training
 ``align --from X`` after it). A
 finished step is never redone; a `train` or `align` step whose run folder it already started
 is continued with ``--resume`` (from its last checkpoint, or from step 0 if it stopped before
-the first); a step that fails stops the study (its output is in
+the first), and an `evaluate` step continues from the rows it saved (``ilrec evaluate`` is
+resumable by itself); a step that fails stops the study (its output is in
 ``{root}/logs/<name>.log``). Kill the study at any time and start it again: it picks up where
 it stopped. The file is read again before every step, so a study regenerated while it runs
 takes effect at its next step. SIGTERM or Ctrl-C (SIGINT) is passed to the running step,
