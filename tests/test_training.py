@@ -48,6 +48,7 @@ def test_smoke_scratch_formats(synthetic_dir, tmp_path, tiny_overrides, extra):
         assert (run / name).exists(), name
     env = json.loads((run / "environment.json").read_text())
     assert env["packages"]["transformers"] and "git_commit" in env
+    assert env["cpu"] and env["cpu_count"] >= 1
 
     modes = ["beam", "exact"] + (["ground"] if "data.format=title" in extra else [])
     for mode in modes:

@@ -45,6 +45,7 @@ from ilrec.metrics import rank_metrics
 from ilrec.models.cf import CF_MODELS, SequentialRecommender, build_cf_model, pad_histories
 from ilrec.models.cf import model_parameters as _model_parameters
 from ilrec.models.modes import eval_mode
+from ilrec.runs.files import cpu_model
 from ilrec.training.signals import StopOnSignal, TrainingStopped
 
 logger = logging.getLogger(__name__)
@@ -550,6 +551,7 @@ def _write_run_info(
         "train_windows": n_windows,
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "cpu": cpu_model(),
     }
     atomic_write_json(run_dir / "run.json", info)
 
