@@ -32,6 +32,13 @@ def _fake_rank(calls: list[int]):
     return rank
 
 
+class _Seen(list):
+    """What ``on_chunk`` was given, each time concatenated to the rows so far."""
+
+    def append_rows(self, blocks):
+        self.append(torch.cat(blocks))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(1, 30), chunk=st.integers(1, 8), done_frac=st.floats(0, 1), k=st.integers(1, 5)
@@ -40,12 +47,13 @@ def test_chunks_resumed_from_any_prefix_equal_one_pass(n, chunk, done_frac, k):
     prompts = [[i, 2 * i] for i in range(n)]
     whole = _fake_rank([])(prompts)[:, :k]
     done = whole[: int(done_frac * n)]
-    calls, seen = [], []
-    out = rank_in_chunks(_fake_rank(calls), prompts, k, chunk, done, seen.append)
+    calls, seen = [], _Seen()
+    out = rank_in_chunks(_fake_rank(calls), prompts, k, chunk, done, seen.append_rows)
     assert torch.equal(out, whole)
     assert sum(calls) == n - len(done)  # the saved rows are not ranked again
     assert all(c <= chunk for c in calls)
     assert [len(s) for s in seen] == [min(n, len(done) + chunk * (i + 1)) for i in range(len(seen))]
+    assert all(torch.equal(s, whole[: len(s)]) for s in seen)  # every save: the rows so far
 
 
 def test_more_saved_rows_than_prompts_is_an_error():

@@ -68,12 +68,13 @@ class PartialRankings:
         print(f"resuming from {self.path}: {len(rows)} users already ranked", flush=True)
         return rows
 
-    def save(self, rows: torch.Tensor) -> None:
-        """Save ``rows`` if ``every_seconds`` have passed since the last save."""
+    def save(self, blocks: list[torch.Tensor]) -> None:
+        """Save the rows of ``blocks`` (concatenated in order) if ``every_seconds`` have passed
+        since the last save."""
         if not self.write or time.monotonic() - self._last_save < self.every_seconds:
             return
         buffer = io.BytesIO()
-        torch.save({"key": self.key, "ranked": rows}, buffer)
+        torch.save({"key": self.key, "ranked": torch.cat(blocks)}, buffer)
         atomic_write_bytes(self.path, buffer.getvalue())
         self._last_save = time.monotonic()
 

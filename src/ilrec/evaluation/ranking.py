@@ -71,12 +71,13 @@ def rank_in_chunks(
     k: int,
     chunk: int,
     done: torch.Tensor | None = None,
-    on_chunk: Callable[[torch.Tensor], None] | None = None,
+    on_chunk: Callable[[list[torch.Tensor]], None] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """:func:`rank_sharded` over consecutive chunks of ``prompts``, skipping the first
-    ``len(done)`` (rows ranked before) and passing every row so far to ``on_chunk`` after each
-    chunk: a killed evaluation can resume from what it saved."""
+    ``len(done)`` (rows ranked before) and passing the blocks of rows ranked so far (in order;
+    concatenated, every row so far) to ``on_chunk`` after each chunk: a killed evaluation can
+    resume from what it saved."""
     parts = [done[:, :k]] if done is not None and len(done) else []
     start = len(parts[0]) if parts else 0
     if start > len(prompts):
@@ -86,7 +87,7 @@ def rank_in_chunks(
             parts.append(rank_sharded(rank_fn, prompts[lo : lo + chunk], k))
             bar.update(len(parts[-1]))
             if on_chunk is not None:
-                on_chunk(torch.cat(parts))
+                on_chunk(parts)
     return torch.cat(parts)
 
 
@@ -133,13 +134,13 @@ def evaluate_examples(
     progress: bool = False,
     reasoning_tokens: int = 0,
     done: torch.Tensor | None = None,
-    on_chunk: Callable[[torch.Tensor], None] | None = None,
+    on_chunk: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Metrics and top-``beams`` rankings of a list of examples (prompt paraphrase 0).
     ``reasoning_tokens > 0`` (text formats): each prompt is first extended by the model's greedy
     rationale of up to that many tokens and the separator, as RLVR-reasoning answers.
     ``done`` / ``on_chunk`` (resumable evaluation): the rows of the first users, ranked before,
-    and a function given every row so far after each chunk of users
+    and a function given the blocks of rows ranked so far after each chunk of users
     (:func:`rank_in_chunks`)."""
     prompts = [encoder.prompt_ids(e.history) for e in examples]
     if reasoning_tokens > 0:
