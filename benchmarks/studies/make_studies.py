@@ -24,6 +24,10 @@ ILRec, three seeds, each ranked by beam on all test users and exactly on the fir
 ``instruments_depth_grouped.yaml``: SFT and ILRec points on the `deep` model (grouped, screening),
 then the middle layers confirmed over three seeds, then Table 6 and Figure 5's points.
 The CF model (RosePO's oracle, ILRec's CRR reward) is ``{root}/cf/sasrec``.
+
+Compare runs trained on one machine: a run retrained on another CPU family drifts by as much as
+the effects measured here (SFT seed 0, Intel vs AMD: test NDCG@10 −0.0007), so a study resumed on
+a new machine retrains its reference runs instead of reusing their archives.
 """
 
 from __future__ import annotations
