@@ -235,14 +235,11 @@ def _print_floor(model, trie, prompts, vocab, t_exact) -> None:
 
 def run_folder_data(run_dir: str) -> tuple[nn.Module, BenchData]:
     """The selected model of a run and its test users' prompts (paraphrase 0)."""
-    from pathlib import Path
+    from ilrec.runs.setup import load_setup, load_trained, make_encoder, read_run
 
-    from ilrec.config import load_config
-    from ilrec.runs.setup import load_setup, load_trained, make_encoder
-
-    config = load_config(Path(run_dir) / "config.yaml")
+    run, config = read_run(run_dir)
     setup = load_setup(config)
-    model, tokenizer = load_trained(Path(run_dir), setup)
+    model, tokenizer = load_trained(run)
     encoder = make_encoder(setup, tokenizer)
     prompts = [encoder.prompt_ids(e.history) for e in setup.splits.test]
     data = BenchData(prompts, encoder.item_table(), tokenizer.pad_token_id, tokenizer.eos_token_id)

@@ -13,8 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ilrec.evaluation import ranking
-from ilrec.evaluation.partial import PartialRankings
+from ilrec.evaluation import partial, ranking
 from ilrec.evaluation.ranking import rank_in_chunks
 from ilrec.evaluation.report import evaluate_run
 from ilrec.evaluation.result_files import read_rankings
@@ -66,16 +65,8 @@ def run(sft_runs, tmp_path, monkeypatch):
     """A copy of a tiny trained run (results written here stay out of the shared fixture),
     evaluated in chunks of 4 users that are all saved."""
     monkeypatch.setattr(ranking, "CHUNK_USERS", CHUNK)
-    monkeypatch.setattr(PartialRankings, "__init__", _always_save(PartialRankings.__init__))
+    monkeypatch.setattr(partial, "SAVE_EVERY_SECONDS", 0.0)
     return shutil.copytree(sft_runs["sequence"], tmp_path / "run")
-
-
-def _always_save(init):
-    def wrapped(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        self.every_seconds = 0.0
-
-    return wrapped
 
 
 def _evaluate(run):
@@ -99,20 +90,20 @@ def _kill_after_chunks(monkeypatch, chunks: int):
     return lambda: monkeypatch.setattr(ranking, "rank_sharded", real)
 
 
-def test_killed_evaluation_resumes_to_the_same_rankings(run, sft_runs, monkeypatch):
+def test_killed_evaluation_resumes_to_the_same_rankings(run, monkeypatch):
     reference, summary = _evaluate(shutil.copytree(run, run.parent / "uninterrupted"))
     assert summary["resumed_after_users"] == 0
     revive = _kill_after_chunks(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         _evaluate(run)
-    partial = run / f"eval_test_exact_first{USERS}.partial.pt"
-    assert len(torch.load(partial, weights_only=True)["ranked"]) == 2 * CHUNK
+    saved = run / f"eval_test_exact_first{USERS}.partial.pt"
+    assert len(torch.load(saved, weights_only=True)["ranked"]) == 2 * CHUNK
     assert not (run / f"eval_test_exact_first{USERS}.json").exists()
     revive()
     ranked, summary = _evaluate(run)
     assert torch.equal(ranked, reference)
     assert summary["resumed_after_users"] == 2 * CHUNK
-    assert not partial.exists()  # removed once the results are written
+    assert not saved.exists()  # removed once the results are written
 
 
 def test_rows_of_a_retrained_model_are_not_reused(run, monkeypatch, caplog):
@@ -129,9 +120,9 @@ def test_rows_of_a_retrained_model_are_not_reused(run, monkeypatch, caplog):
 
 
 def test_unreadable_partial_file_is_reported_and_ignored(run, caplog):
-    partial = run / f"eval_test_exact_first{USERS}.partial.pt"
-    partial.write_bytes(b"not a torch file")
+    saved = run / f"eval_test_exact_first{USERS}.partial.pt"
+    saved.write_bytes(b"not a torch file")
     with caplog.at_level(logging.WARNING):
         _, summary = _evaluate(run)
     assert summary["resumed_after_users"] == 0
-    assert "unreadable" in caplog.text and not partial.exists()
+    assert "unreadable" in caplog.text and not saved.exists()

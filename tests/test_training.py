@@ -81,10 +81,9 @@ def test_smoke_local_hf_folder(synthetic_dir, tmp_path, tiny_overrides, lora):
         "model.lora_r=4",
     )
     train(load_config(None, overrides))
-    from ilrec.runs.setup import load_setup, load_trained
+    from ilrec.runs.setup import load_trained
 
-    config = load_config(run / "config.yaml")
-    model, tokenizer = load_trained(run, load_setup(config))
+    model, tokenizer = load_trained(run)
     assert len(tokenizer) > base_vocab  # identifier tokens were added
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
 

@@ -1,7 +1,7 @@
 """Resumable evaluation: the rankings computed so far, kept next to the results.
 
 ``ilrec evaluate`` saves the rows it has ranked to ``<stem>.partial.pt`` at most every
-``every_seconds`` and removes the file once the results are written, so an evaluation killed
+``SAVE_EVERY_SECONDS`` and removes the file once the results are written, so an evaluation killed
 after an hour of exact ranking continues where it stopped when the same command runs again.
 Rows are reused only when everything that decides them matches: split, mode, beam width,
 rationale length, the users and their targets, and the model's files (size and mtime).
@@ -19,6 +19,9 @@ import torch
 from ilrec.data.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
+
+SAVE_EVERY_SECONDS = 30.0
+"""The least time between two saves: a save costs a few ms, losing 30 s of ranking is cheap."""
 
 
 def model_signature(run_dir: Path) -> list[list]:
@@ -38,14 +41,17 @@ class PartialRankings:
     Args:
         path: the ``.partial.pt`` file.
         key: what must match for saved rows to be reused (JSON-like values).
-        every_seconds: the least time between two saves (the last rows are always saved by
-            the caller writing the results).
+        every_seconds: the least time between two saves, ``SAVE_EVERY_SECONDS`` if None (the
+            last rows are always saved by the caller writing the results).
         write: False on the ranks of a distributed evaluation other than the main one (they
             read the saved rows but leave the file to the main rank).
     """
 
-    def __init__(self, path: Path, key: dict, every_seconds: float = 30.0, write: bool = True):
-        self.path, self.key, self.every_seconds = Path(path), key, every_seconds
+    def __init__(
+        self, path: Path, key: dict, every_seconds: float | None = None, write: bool = True
+    ):
+        self.path, self.key = Path(path), key
+        self.every_seconds = SAVE_EVERY_SECONDS if every_seconds is None else every_seconds
         self.write = write
         self._last_save = time.monotonic()
 

@@ -122,6 +122,14 @@ def max_length(setup: Setup) -> int:
     return 1024
 
 
+def read_run(run_dir: str | Path) -> tuple[Path, Config]:
+    """A finished run's folder (checked) and its saved config."""
+    from ilrec.config import load_config
+
+    run_dir = require_run_dir(run_dir)
+    return run_dir, load_config(run_dir / "config.yaml")
+
+
 def open_run(run_dir: str | Path, threads: int | None = None) -> tuple[Path, Config]:
     """A finished run's folder and config, with torch's threads set for using it.
 
@@ -129,28 +137,24 @@ def open_run(run_dir: str | Path, threads: int | None = None) -> tuple[Path, Con
     cores (a run resumed with more threads records that count, and oversubscribed cores are
     10-40x slower).
     """
-    from ilrec.config import load_config
-
-    run_dir = require_run_dir(run_dir)
-    config = load_config(run_dir / "config.yaml")
+    run_dir, config = read_run(run_dir)
     set_threads(config.train.threads if threads is None else threads)
     return run_dir, config
 
 
 def load_for_inference(run_dir: Path, setup: Setup) -> tuple[PreTrainedModel, Encoder]:
     """The run's selected model (eval mode, merged, placed) and its encoder."""
-    model, tokenizer = load_trained(run_dir, setup)
+    model, tokenizer = load_trained(run_dir)
     return model, make_encoder(setup, tokenizer)
 
 
 def load_trained(
-    run_dir: Path, setup: Setup | None = None, trainable: bool = False
+    run_dir: Path, trainable: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The selected model and tokenizer saved in a run folder.
 
     Args:
         run_dir: a finished run (``ilrec train`` or ``ilrec align``).
-        setup: unused; kept for callers that pass the run's setup.
         trainable: for a later stage: the model in train mode on the CPU (the Trainer places
             it), LoRA adapters kept separate and trainable. Otherwise for inference: eval mode,
             adapters merged, on the GPU when there is one, in the run's ``model.dtype``.
@@ -177,9 +181,7 @@ def inference_placement(run_dir: Path) -> dict:
     CUDA is available, else the CPU in float32."""
     if not torch.cuda.is_available():
         return {"device": torch.device("cpu"), "dtype": torch.float32}
-    from ilrec.config import load_config
-
-    dtype = load_config(run_dir / "config.yaml").model.dtype
+    dtype = read_run(run_dir)[1].model.dtype
     return {"device": torch.device("cuda"), "dtype": getattr(torch, dtype)}
 
 

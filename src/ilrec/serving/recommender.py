@@ -185,13 +185,11 @@ class Recommender:
         Raises:
             FileNotFoundError: ``<path>: not a run folder (...)`` or no trained model.
         """
-        from ilrec.config import load_config
-        from ilrec.runs.files import require_run_dir
-        from ilrec.runs.setup import load_for_inference, load_setup
+        from ilrec.runs.setup import load_for_inference, load_setup, read_run
 
-        run_dir = require_run_dir(run_dir)
+        run_dir, config = read_run(run_dir)
         if setup is None:
-            setup = load_setup(load_config(run_dir / "config.yaml"))
+            setup = load_setup(config)
         model, encoder = load_for_inference(run_dir, setup)
         catalogue = Catalogue.from_data(setup.data)
         return cls(
