@@ -19,6 +19,7 @@ import torch
 from ilrec.config import ConfigError
 from ilrec.data.dataset import load_dataset
 from ilrec.data.split import leave_one_out, popularity_counts
+from ilrec.evaluation.result_files import read_rankings
 from ilrec.metrics import rank_metrics
 from ilrec.models.cf import CF_MODELS, build_cf_model, pad_histories
 from ilrec.training import cf as cf_training
@@ -206,6 +207,13 @@ def test_model_beats_popularity(name: str, epochs: int, data_dir: Path, tmp_path
     assert config.model == name
     splits = leave_one_out(load_dataset(data_dir))
     assert evaluate_cf(model, splits.valid, N_ITEMS, 64) == result["valid"]
+    for split in ("valid", "test"):  # the per-user rankings ``ilrec compare`` pairs
+        rankings = read_rankings(tmp_path / name / f"eval_{split}_exact.rankings.tsv")
+        assert rankings.users == tuple(e.user for e in splits.examples(split))
+        assert rankings.ranked.shape[1] == 20
+        per_user = rankings.user_metrics((5, 10))
+        for key, value in result[split].items():
+            assert per_user[key].mean().item() == pytest.approx(value, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", ["sasrec", "bert4rec"])

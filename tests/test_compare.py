@@ -143,6 +143,24 @@ def test_compare_groups_rejects_other_users(tmp_path):
         compare_groups({"A": [a], "B": [b]})
 
 
+def test_users_n_takes_the_first_rows_of_a_whole_split_evaluation(tmp_path):
+    """A classic model ranks every user; a language model's exact ranking covers the first N."""
+    whole = _write_run(tmp_path / "cf", _ranked_with_target_at([0, 0, 5, -1]))
+    subset = tmp_path / "lm"
+    subset.mkdir()
+    examples = [Example(u, (1, 2), t) for u, t in zip("ab", TARGETS, strict=False)]
+    ranked = torch.tensor(_ranked_with_target_at([1, 0, 0, 0])[:2])
+    (subset / "eval_test_exact_first2.rankings.tsv").write_text(rankings_tsv(examples, ranked))
+    comparison = compare_runs({"LM": [subset], "CF": [whole]}, users=2, n_boot=200)
+    cf = comparison.groups[1]
+    assert comparison.n_users == 2 and cf.values["hit@10"] == [1.0]
+    assert cf.delta[0] == pytest.approx((1 - 1 / math.log2(3)) / 2)  # user a: rank 1 -> 0
+    with pytest.raises(ValueError, match="4 users, fewer than --users 5"):
+        compare_runs({"CF": [whole]}, users=5)
+    with pytest.raises(FileNotFoundError, match="first3"):
+        compare_runs({"LM": [subset]}, users=3)  # no whole-split file to fall back on
+
+
 def _cli_runs(tmp_path: Path) -> tuple[Path, Path]:
     """Run a hits every user at its rank 0..3; run b moves user a from rank 0 to rank 1."""
     a = _write_run(tmp_path / "a", _ranked_with_target_at([0, 1, 2, 3]))
@@ -163,8 +181,8 @@ def test_compare_cli(tmp_path, capsys):
         "| B | 1 | 1.0000 | " in printed and "±" not in printed.splitlines()[-1]
     )  # one run: no std
     assert main(["compare", "--group", "A"]) == 2  # a method without runs
-    assert main(["compare", "--users", "4", "--group", "A", str(a)]) == 2  # no _first4 results
-    assert "eval_test_exact_first4.rankings.tsv" in capsys.readouterr().err
+    assert main(["compare", "--users", "5", "--group", "A", str(a)]) == 2  # 4 users ranked
+    assert "eval_test_exact.rankings.tsv: 4 users, fewer than --users 5" in capsys.readouterr().err
 
 
 def test_compare_cli_plot(tmp_path, capsys):

@@ -215,7 +215,13 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--mode", choices=["beam", "exact", "ground", "candidates"], default="exact")
-    p.add_argument("--users", type=int, default=0, help="the runs' `evaluate --users N` results")
+    p.add_argument(
+        "--users",
+        type=int,
+        default=0,
+        help="the runs' `evaluate --users N` results (else the first N users of a whole-split "
+        "evaluation, e.g. a classic model's)",
+    )
     p.add_argument(
         "--reasoning-tokens",
         type=int,

@@ -2,7 +2,10 @@
 
 Every run of a comparison must have been evaluated on the same users (the same split, mode
 and ``--users``); ``ilrec evaluate`` writes each user's target and ranked list to
-``eval_<split>_<mode>[_first<N>].rankings.tsv``. Two kinds of uncertainty are reported,
+``eval_<split>_<mode>[_first<N>].rankings.tsv``, and ``ilrec train-cf`` writes the classic
+models' full rankings as ``eval_<split>_exact.rankings.tsv``. With ``--users N`` a run without
+``_first<N>`` results is compared on the first N rows of its whole-split rankings (the same
+users; the check below refuses anything else). Two kinds of uncertainty are reported,
 because they answer different questions:
 
 - the std over a group's runs (seeds): training noise;
@@ -24,7 +27,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ilrec.evaluation.result_files import RANKINGS_SUFFIX, Rankings, eval_stem, read_rankings
+from ilrec.evaluation.result_files import (
+    RANKINGS_SUFFIX,
+    Rankings,
+    eval_stem,
+    rankings_path,
+    read_rankings,
+)
 
 __all__ = [
     "Comparison",
@@ -86,8 +95,20 @@ def _load_group(
 ) -> list[Rankings]:
     if not runs:
         raise ValueError(f"group {name!r} has no runs")
-    stem = eval_stem(split, mode, users, reasoning_tokens)
-    return [read_rankings(Path(run) / f"{stem}{RANKINGS_SUFFIX}") for run in runs]
+    return [_load_rankings(Path(run), split, mode, users, reasoning_tokens) for run in runs]
+
+
+def _load_rankings(run: Path, split: str, mode: str, users: int, reasoning_tokens: int) -> Rankings:
+    """A run's rankings of ``users`` users: its ``--users N`` results, or else the first N rows
+    of its evaluation of the whole split (a classic model ranks every user)."""
+    path = run / (eval_stem(split, mode, users, reasoning_tokens) + RANKINGS_SUFFIX)
+    whole = run / (eval_stem(split, mode, 0, reasoning_tokens) + RANKINGS_SUFFIX)
+    if users <= 0 or rankings_path(path) is not None or rankings_path(whole) is None:
+        return read_rankings(path)
+    rankings = read_rankings(whole)
+    if len(rankings.users) < users:
+        raise ValueError(f"{whole}: {len(rankings.users)} users, fewer than --users {users}")
+    return rankings.first(users)
 
 
 @dataclass(frozen=True)

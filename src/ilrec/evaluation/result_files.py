@@ -44,6 +44,10 @@ class Rankings:
     def user_metrics(self, ks: tuple[int, ...]) -> dict[str, Tensor]:
         return user_metrics(target_ranks(self.ranked, self.targets), ks)
 
+    def first(self, n: int) -> Rankings:
+        """The first ``n`` users' rows."""
+        return Rankings(self.users[:n], self.targets[:n], self.ranked[:n])
+
     def to_tsv(self, top: int | None = None) -> str:
         """The ``.rankings.tsv`` text, each list cut to its first ``top`` items if given."""
         lines = [HEADER]

@@ -12,7 +12,9 @@ collaborative reward regularisation (paper Section 2.4, Eq. 10).
   ``supervised_states`` returns, so models hold no loss.
 - Runs: ``run_dir`` holds ``config.yaml``, ``run.json``, ``metrics.jsonl`` (one line per
   epoch), ``last.pt`` (resumable: model, optimizer, epoch, best metric, RNG state),
-  ``best.pt`` (best validation NDCG@10) and ``final.json``. Checkpoints are written
+  ``best.pt`` (best validation NDCG@10), ``final.json`` and the best model's per-user full
+  rankings ``eval_{valid,test}_exact.rankings.tsv`` (``ilrec compare`` pairs them with the
+  language models' exact rankings of the same users). Checkpoints are written
   atomically. Early stopping after ``patience`` epochs without a better validation NDCG@10.
   SIGTERM or SIGINT ends the run after the current epoch, once its ``last.pt`` is saved.
 """
@@ -41,6 +43,7 @@ from ilrec.config import ConfigError, apply_overrides, build_dataclass, coerce, 
 from ilrec.data.dataset import load_dataset
 from ilrec.data.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ilrec.data.split import Example, Splits, leave_one_out
+from ilrec.evaluation.result_files import RANKINGS_SUFFIX, eval_stem, rankings_tsv
 from ilrec.metrics import rank_metrics
 from ilrec.models.cf import CF_MODELS, SequentialRecommender, build_cf_model, pad_histories
 from ilrec.models.cf import model_parameters as _model_parameters
@@ -276,23 +279,24 @@ def _logits(
 # Evaluation and the reward distribution
 
 
-def evaluate_cf(
+def rank_cf(
     model: SequentialRecommender,
     examples: Sequence[Example],
     n_items: int,
     batch_size: int = 1024,
-    ks: Sequence[int] = (5, 10),
-) -> dict[str, float]:
-    """HR@k / NDCG@k by ranking the full item set (history items are not excluded).
+    k: int = 10,
+) -> Tensor:
+    """Each example's top-``k`` items over the full item set (history items are not excluded).
 
     Args:
         model: a trained model (put in eval mode here and left so).
         examples: validation or test examples.
         n_items: catalogue size (checked against the model).
         batch_size: examples scored at once.
+        k: items per example.
 
     Returns:
-        ``{"hit@5", "ndcg@5", "hit@10", "ndcg@10"}`` (for the default ``ks``).
+        ``[len(examples), k]`` item ids, best first.
     """
     if n_items != model.n_items:
         raise ValueError(f"n_items={n_items} but the model scores {model.n_items} items")
@@ -301,9 +305,25 @@ def evaluate_cf(
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         logits = _logits(model, [e.history for e in chunk], [e.user for e in chunk])
-        ranked.append(logits.topk(max(ks), dim=1).indices.cpu())  # [b, K]
+        ranked.append(logits.topk(k, dim=1).indices.cpu())
+    return torch.cat(ranked)
+
+
+def evaluate_cf(
+    model: SequentialRecommender,
+    examples: Sequence[Example],
+    n_items: int,
+    batch_size: int = 1024,
+    ks: Sequence[int] = (5, 10),
+) -> dict[str, float]:
+    """HR@k / NDCG@k of :func:`rank_cf`'s full ranking.
+
+    Returns:
+        ``{"hit@5", "ndcg@5", "hit@10", "ndcg@10"}`` (for the default ``ks``).
+    """
+    ranked = rank_cf(model, examples, n_items, batch_size, max(ks))
     targets = torch.tensor([e.target for e in examples], dtype=torch.long)
-    return rank_metrics(torch.cat(ranked), targets, ks)
+    return rank_metrics(ranked, targets, ks)
 
 
 def cf_item_probs(
@@ -556,17 +576,26 @@ def _write_run_info(
     atomic_write_json(run_dir / "run.json", info)
 
 
+RANKED_ITEMS = 20
+"""Items per user in the rankings files (as many as the language models' beam width)."""
+
+
 def _final_evaluation(
     run_dir: Path, config: CFConfig, splits: Splits, n_items: int, progress: _Progress
 ) -> dict[str, Any]:
-    """Validation and test metrics of the best checkpoint, written to ``final.json``."""
+    """Validation and test metrics of the best checkpoint, written to ``final.json``, and its
+    per-user rankings (``eval_<split>_exact.rankings.tsv``)."""
     best, _ = load_cf_model(run_dir, "best")
     best.to(config.device)
-    result = {
-        "valid": evaluate_cf(best, splits.valid, n_items, config.eval_batch_size),
-        "test": evaluate_cf(best, splits.test, n_items, config.eval_batch_size),
-        "best_epoch": progress.best_epoch,
-        "epochs": progress.epoch,
-    }
+    result: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        examples = splits.examples(split)
+        ranked = rank_cf(best, examples, n_items, config.eval_batch_size, RANKED_ITEMS)
+        targets = torch.tensor([e.target for e in examples], dtype=torch.long)
+        result[split] = rank_metrics(ranked, targets)
+        atomic_write_text(
+            run_dir / (eval_stem(split, "exact") + RANKINGS_SUFFIX), rankings_tsv(examples, ranked)
+        )
+    result |= {"best_epoch": progress.best_epoch, "epochs": progress.epoch}
     atomic_write_json(run_dir / "final.json", result, one_entry_per_line=False)
     return result
