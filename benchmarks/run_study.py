@@ -10,7 +10,7 @@ list of files) another step or study writes (e.g. the SFT run this stage starts 
 step waits until they all exist. A step also waits for every unfinished earlier step that
 writes a folder its arguments name (``evaluate --run X`` after the step training ``X``,
 ``align --from X`` after it). A
-finished step is never redone; a `train` or `align` step whose run folder it already started
+finished step is never redone; a `train`, `align` or `train-cf` step whose run folder it already started
 is continued with ``--resume`` (from its last checkpoint, or from step 0 if it stopped before
 the first), and an `evaluate` step continues from the rows it saved (``ilrec evaluate`` is
 resumable by itself); a step that fails stops the study (its output is in
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-RESUMABLE = ("train", "align")
+RESUMABLE = ("train", "align", "train-cf")
 
 
 def load_study(path: Path, root: str | None = None) -> dict:
@@ -95,9 +95,10 @@ def unfinished_inputs(step: dict, study_steps: list[dict]) -> list[dict]:
 
 
 def is_started(args: list[str]) -> bool:
-    """Whether a train/align step's run folder holds a started run (``ilrec ... --resume``
-    continues it from its last checkpoint, or from step 0 when it stopped before the first)."""
-    folder = run_folder(args)
+    """Whether a train/align/train-cf step's run folder holds a started run (``ilrec ...
+    --resume`` continues it from its last checkpoint, or from the start when it stopped before
+    the first)."""
+    folder = written_folder(args)
     return folder is not None and (folder / "config.yaml").exists()
 
 

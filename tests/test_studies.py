@@ -164,10 +164,12 @@ def test_runner_reads_a_study_regenerated_while_it_runs(tmp_path, monkeypatch):
     assert ran == ["a", "c", "b"]
 
 
-@pytest.mark.parametrize("command", ["train", "align"])
+@pytest.mark.parametrize("command", ["train", "align", "train-cf"])
 def test_a_started_step_is_resumed(tmp_path, command):
     folder = tmp_path / "run"
     args = [command, f"train.output_dir={folder}"]
+    if command == "train-cf":
+        args = [command, "-c", "configs/cf/sasrec.yaml", "--out", str(folder), "epochs=3"]
     assert not run_study.is_started(args)
     folder.mkdir()
     assert not run_study.is_started(args)

@@ -44,6 +44,7 @@ SEEDS = (0, 1, 2)
 EXACT_USERS = 2000
 ALIGN_EXAMPLES = 30_000  # training prompts per alignment run (a seeded subsample of 131,984)
 CF_RUN = "{root}/cf/sasrec"  # the study's SASRec: RosePO's oracle, ILRec's CRR reward
+CF_EPOCHS = 100  # a cap only: early stopping (patience 5) ends every classic model before it
 
 # method -> config, common overrides, {tag: grid point overrides}; phase 1 runs the first
 # tag of every method, then the second, ... The grid goes down in lr: at 1e-4 (the official
@@ -138,11 +139,19 @@ def train_step(name: str, config: str, run: str, seed: int = 0, overrides=()) ->
     return step(name, args, f"{run}/train_summary.json", after)
 
 
+def cf_step(model: str, dataset: str, *overrides: str) -> dict:
+    """``ilrec train-cf``: a classic model on ``../shared/data/<dataset>``, in
+    ``{root}/cf/<model>`` (its final evaluation writes the per-user rankings ``ilrec compare``
+    pairs with the language models')."""
+    run = f"{{root}}/cf/{model}"
+    args = ["train-cf", "-c", f"configs/cf/{model}.yaml", "--data", f"../shared/data/{dataset}"]
+    args += ["--out", run, *overrides, "progress=false"]
+    return step(f"cf_{model}", args, f"{run}/final.json")
+
+
 def sasrec_step(dataset: str, *overrides: str) -> dict:
-    """``ilrec train-cf``: the study's SASRec on ``../shared/data/<dataset>``."""
-    args = ["train-cf", "-c", "configs/cf/sasrec.yaml", "--data", f"../shared/data/{dataset}"]
-    args += ["--out", CF_RUN, *overrides, "progress=false"]
-    return step("cf_sasrec", args, f"{CF_RUN}/final.json")
+    """The study's SASRec (``CF_RUN``: the CRR reward of every ILRec run)."""
+    return cf_step("sasrec", dataset, *overrides)
 
 
 def align_after(method: str) -> list[str]:
@@ -467,7 +476,9 @@ def final_study(dataset: str, root: str, *sasrec_overrides: str) -> dict:
     same step names, so a run trained by either study is not trained again); a retrained run
     is not bit-identical to an earlier one (float reductions), so both rows are taken from the
     same model. Seed-major, so two runners sharing the study finish a paired SFT/ILRec seed
-    before starting the next."""
+    before starting the next. The other classic models come last, trained to convergence
+    (patience 5, at most ``CF_EPOCHS`` epochs) on the same machine, for the table's classic
+    rows paired over the same users."""
     grouped = ["train.group_by_length=true"]
     steps = [sasrec_step(dataset.capitalize(), *sasrec_overrides)]
     for seed in SEEDS:
@@ -477,12 +488,17 @@ def final_study(dataset: str, root: str, *sasrec_overrides: str) -> dict:
             steps.append(train_step(f"{kind}_s{seed}", config, run, seed, grouped))
             steps.append(evaluate(run, "test"))
             steps.append(evaluate(run, "test", "exact", EXACT_USERS))
+    for model in ("gru4rec", "bert4rec", "caser", "bpr"):
+        steps.append(cf_step(model, dataset.capitalize(), f"epochs={CF_EPOCHS}"))
     return {"root": root, "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
 
 def write(name: str, header: str, study: dict) -> None:
+    """Replace the file atomically: a running ``run_study.py`` re-reads it before each step."""
     text = header + yaml.safe_dump(study, sort_keys=False, width=200)
-    (HERE / name).write_text(text)
+    tmp = HERE / f".{name}.tmp"
+    tmp.write_text(text)
+    tmp.replace(HERE / name)
     print(f"wrote {HERE / name} ({len(study['steps'])} steps)")
 
 
