@@ -469,16 +469,23 @@ def grouped_seeds_study() -> dict:
     }
 
 
-def final_study(dataset: str, root: str, *sasrec_overrides: str) -> dict:
+# Item 4's options screened on the final protocol (seed 0, whole validation split, against
+# ILRec as in the paper): the additive margin at its preset's beta (logit units). The hardness
+# weights lost on validation twice (the 4-layer sweep and the depth screen).
+OWN_OPTIONS = {"ilrec_additive": ["objective.penalty=additive", "objective.beta=1.0"]}
+
+
+def final_study(dataset: str, root: str, *sasrec_overrides: str, own_options=None) -> dict:
     """Issue 11's final table on ``dataset``: SFT and ILRec as in the paper with length-grouped
     batches, seeds 0-2, each ranked by beam on every test user and exactly on the first
     ``EXACT_USERS``. On Instruments these are the runs of ``grouped_seeds_study`` (same root,
     same step names, so a run trained by either study is not trained again); a retrained run
     is not bit-identical to an earlier one (float reductions), so both rows are taken from the
     same model. Seed-major, so two runners sharing the study finish a paired SFT/ILRec seed
-    before starting the next. The other classic models come last, trained to convergence
-    (patience 5, at most ``CF_EPOCHS`` epochs) on the same machine, for the table's classic
-    rows paired over the same users."""
+    before starting the next. Then ``own_options`` (item 4: name -> overrides of ILRec), seed
+    0, and the validation beam ranking of it, SFT and ILRec for the paired screen. The other
+    classic models come last, trained to convergence (patience 5, at most ``CF_EPOCHS``
+    epochs) on the same machine, for the table's classic rows paired over the same users."""
     grouped = ["train.group_by_length=true"]
     steps = [sasrec_step(dataset.capitalize(), *sasrec_overrides)]
     for seed in SEEDS:
@@ -488,6 +495,13 @@ def final_study(dataset: str, root: str, *sasrec_overrides: str) -> dict:
             steps.append(train_step(f"{kind}_s{seed}", config, run, seed, grouped))
             steps.append(evaluate(run, "test"))
             steps.append(evaluate(run, "test", "exact", EXACT_USERS))
+    if own_options:
+        screened = ["sft_s0", "ilrec_s0"]
+        for name, overrides in own_options.items():
+            run = f"{{root}}/{name}_s0"
+            steps.append(train_step(f"{name}_s0", f"{dataset}_ilrec", run, 0, grouped + overrides))
+            screened.append(f"{name}_s0")
+        steps += [evaluate(f"{{root}}/{run}", "valid") for run in screened]
     for model in ("gru4rec", "bert4rec", "caser", "bpr"):
         steps.append(cf_step(model, dataset.capitalize(), f"epochs={CF_EPOCHS}"))
     return {"root": root, "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
@@ -523,7 +537,9 @@ def main() -> None:
     write(
         "instruments_final.yaml",
         note,
-        final_study("instruments", "runs/instruments_grouped", "epochs=60"),
+        final_study(
+            "instruments", "runs/instruments_grouped", "epochs=60", own_options=OWN_OPTIONS
+        ),
     )
     write("games_final.yaml", note, final_study("games", "runs/games_grouped"))
     write("instruments_depth_grouped.yaml", note, depth_screen_study())
