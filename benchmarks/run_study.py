@@ -9,9 +9,8 @@ the file whose existence marks the step finished; an optional ``after`` names a 
 list of files) another step or study writes (e.g. the SFT run this stage starts from): the
 step waits until they all exist. A step also waits for every unfinished earlier step that
 writes a folder its arguments name (``evaluate --run X`` after the step training ``X``,
-``align --from X`` after it). A
-finished step is never redone; a `train`, `align` or `train-cf` step whose run folder it already started
-is continued with ``--resume`` (from its last checkpoint, or from step 0 if it stopped before
+``align --from X`` after it). A finished step is never redone; a `train`, `align` or
+`train-cf` step whose run folder it already started is continued with ``--resume`` (from its last checkpoint, or from step 0 if it stopped before
 the first), and an `evaluate` step continues from the rows it saved (``ilrec evaluate`` is
 resumable by itself); a step that fails stops the study (its output is in
 ``{root}/logs/<name>.log``). Kill the study at any time and start it again: it picks up where

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import yaml
 
+from ilrec.data.io import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 SEEDS = (0, 1, 2)
 # exact ranking of every item for a fixed test subset (issue 11: at least 2,000 users; ~1 s per
@@ -509,10 +511,7 @@ def final_study(dataset: str, root: str, *sasrec_overrides: str, own_options=Non
 
 def write(name: str, header: str, study: dict) -> None:
     """Replace the file atomically: a running ``run_study.py`` re-reads it before each step."""
-    text = header + yaml.safe_dump(study, sort_keys=False, width=200)
-    tmp = HERE / f".{name}.tmp"
-    tmp.write_text(text)
-    tmp.replace(HERE / name)
+    atomic_write_text(HERE / name, header + yaml.safe_dump(study, sort_keys=False, width=200))
     print(f"wrote {HERE / name} ({len(study['steps'])} steps)")
 
 

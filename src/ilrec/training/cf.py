@@ -321,7 +321,12 @@ def evaluate_cf(
     Returns:
         ``{"hit@5", "ndcg@5", "hit@10", "ndcg@10"}`` (for the default ``ks``).
     """
-    ranked = rank_cf(model, examples, n_items, batch_size, max(ks))
+    return _metrics(rank_cf(model, examples, n_items, batch_size, max(ks)), examples, ks)
+
+
+def _metrics(
+    ranked: Tensor, examples: Sequence[Example], ks: Sequence[int] = (5, 10)
+) -> dict[str, float]:
     targets = torch.tensor([e.target for e in examples], dtype=torch.long)
     return rank_metrics(ranked, targets, ks)
 
@@ -591,8 +596,7 @@ def _final_evaluation(
     for split in ("valid", "test"):
         examples = splits.examples(split)
         ranked = rank_cf(best, examples, n_items, config.eval_batch_size, RANKED_ITEMS)
-        targets = torch.tensor([e.target for e in examples], dtype=torch.long)
-        result[split] = rank_metrics(ranked, targets)
+        result[split] = _metrics(ranked, examples)
         atomic_write_text(
             run_dir / (eval_stem(split, "exact") + RANKINGS_SUFFIX), rankings_tsv(examples, ranked)
         )
