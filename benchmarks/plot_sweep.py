@@ -5,7 +5,7 @@ point's paired difference.
 
     python benchmarks/plot_sweep.py /data/runs/instruments/sweep --out sweep.png
     python benchmarks/plot_sweep.py /data/runs/instruments_grouped/depth_grouped --out depth.png \
-        --points center k4 k2 layers_middle separate_head own_hardness_weights
+        --points center k4 k2 layers_middle separate_head
 
 Reads ``<sweep>/sft`` and ``<sweep>/ilrec_<point>`` (the points of ``make_studies.SWEEP``);
 each must hold ``eval_<split>_<mode>.rankings.tsv`` (``ilrec evaluate``; or ``.tsv.gz``, an

@@ -241,8 +241,20 @@ def test_runs_saved_with_sign_aware_still_load(tmp_path: Path) -> None:
     assert load_config(path).objective.penalty == "sign_aware"
     path.write_text("objective:\n  name: ilrec\n  sign_aware: false\n")
     assert load_config(path).objective.penalty == "scale"
-    with pytest.raises(ConfigError, match="contradicts"):
-        load_config(None, ["objective.sign_aware=true", "objective.penalty=additive"])
+
+
+def test_runs_saved_before_item_4_options_were_removed(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("objective:\n  name: ilrec\n  weights: paper\n  penalty: scale\n")
+    assert load_config(path).objective == ObjectiveConfig(name="ilrec")
+    for option in ("weights: hardness", "penalty: additive"):
+        path.write_text(f"objective:\n  name: ilrec\n  {option}\n")
+        with pytest.raises(
+            ConfigError, match=rf"config.yaml: objective.{option.replace(': ', '=')} .* removed"
+        ):
+            load_config(path)
+    with pytest.raises(ConfigError, match="unknown key objective.weights"):
+        load_config(None, ["objective.weights=other"])
 
 
 @pytest.mark.parametrize("key", ["train.patience", "train.save_every"])

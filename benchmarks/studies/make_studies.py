@@ -232,14 +232,10 @@ SWEEP = {
     **{f"lambda{v}": [f"objective.lambda_cpd={v}"] for v in (0.01, 0.001)},
     **{f"mu{v}": [f"objective.mu_crr={v}"] for v in (0.01, 0.0)},
     **{f"max_neg{n}": [f"objective.max_negatives={n}"] for n in (4, 16)},
-    "own_hardness_weights": ["objective.weights=hardness"],
-    # its beta is in logit units (configs/ablations/additive_margin.yaml): the centre's 0.2
-    # would make it a near no-op
-    **{
-        f"own_additive_margin_b{b}": ["objective.penalty=additive", f"objective.beta={b}"]
-        for b in (0.5, 2.0)
-    },
 }
+# Item 4's two options of the project's own (hardness weights, an additive margin) were points
+# here and in the depth and final studies until they lost on validation; they were removed
+# after commit 94bbfe2, which still generates those studies with them.
 
 
 def ilrec_sweep_study() -> dict:
@@ -271,21 +267,19 @@ def point_train_step(step_name: str, run: str, point: str | None, seed: int, bud
     return train_step(step_name, config, run, seed, [*budget, *overrides])
 
 
-# the last two: shared vs separate heads (item 2) and the project's hardness weights (item 4)
-DEPTH_POINTS = ("center", "k4", "k2", "layers_middle", "separate_head", "own_hardness_weights")
+# the last: shared vs separate heads (item 2)
+DEPTH_POINTS = ("center", "k4", "k2", "layers_middle", "separate_head")
 # phase 2 (after the first screen, 2026-12-01): the point whose paired interval was above 0,
 # from two more seeds with SFT's, then the rest of Appendix A.5's layer choices
 DEPTH_CONFIRM = "layers_middle"
 DEPTH_MORE_POINTS = ("layers_upper", "layers_lower")
 # phase 3 (2026-12-02): the rest of Figure 5 (k 0; k 3 is `layers_upper`) and Table 6's one-at-a-
-# time alpha and beta values (the centre is alpha 0.8, beta 0.2), item 4's second option (the
-# additive margin), then item 2's remaining factors
+# time alpha and beta values (the centre is alpha 0.8, beta 0.2), then item 2's remaining
+# factors
 DEPTH_PHASE3_POINTS = (
     "k0",
     *(f"alpha{a}" for a in TABLE6_ALPHAS),
     *(f"beta{b}" for b in TABLE6_BETAS),
-    "own_additive_margin_b0.5",
-    "own_additive_margin_b2.0",
     "sign_aware",
     "lambda0.01",
     "mu0.0",
@@ -296,11 +290,11 @@ DEPTH_PHASE3_POINTS = (
 def depth_screen_study() -> dict:
     """A session-sized look at depth (issue 11 item 2) on the 12-layer `deep` model, the
     sweep's screening budget with length-grouped batches (3x cheaper), each run evaluated on
-    the whole validation split. Phase 1: SFT and ILRec at k 1, 4, 2, the middle layers, a
-    separate head and hardness weights (seed 0). Phase 2: SFT and the middle layers from seeds
-    1 and 2 (``sft_s<seed>``, ``ilrec_layers_middle_s<seed>``), then the upper and lower layers
-    (seed 0). Phase 3: Figure 5's k 0 and Table 6's alpha and beta values, the additive
-    margin (item 4), then the remaining factors of item 2 (seed 0). The study's own SASRec
+    the whole validation split. Phase 1: SFT and ILRec at k 1, 4, 2, the middle layers and a
+    separate head (seed 0). Phase 2: SFT and the middle layers from seeds 1 and 2
+    (``sft_s<seed>``, ``ilrec_layers_middle_s<seed>``), then the upper and lower layers
+    (seed 0). Phase 3: Figure 5's k 0 and Table 6's alpha and beta values, then the remaining
+    factors of item 2 (seed 0). The study's own SASRec
     (the CRR reward) comes first."""
     budget = [*SWEEP_BUDGET, "train.group_by_length=true"]
     folder = "{root}/depth_grouped"
@@ -471,22 +465,14 @@ def grouped_seeds_study() -> dict:
     }
 
 
-# Item 4's options screened on the final protocol (seed 0, whole validation split, against
-# ILRec as in the paper): the additive margin at its preset's beta (logit units). The hardness
-# weights lost on validation twice (the 4-layer sweep and the depth screen).
-OWN_OPTIONS = {"ilrec_additive": ["objective.penalty=additive", "objective.beta=1.0"]}
-
-
-def final_study(dataset: str, root: str, *sasrec_overrides: str, own_options=None) -> dict:
+def final_study(dataset: str, root: str, *sasrec_overrides: str) -> dict:
     """Issue 11's final table on ``dataset``: SFT and ILRec as in the paper with length-grouped
     batches, seeds 0-2, each ranked by beam on every test user and exactly on the first
     ``EXACT_USERS``. On Instruments these are the runs of ``grouped_seeds_study`` (same root,
     same step names, so a run trained by either study is not trained again); a retrained run
     is not bit-identical to an earlier one (float reductions), so both rows are taken from the
     same model. Seed-major, so two runners sharing the study finish a paired SFT/ILRec seed
-    before starting the next. Then ``own_options`` (item 4: name -> overrides of ILRec), seed
-    0, and the validation beam ranking of it, SFT and ILRec for the paired screen. The other
-    classic models come last, trained to convergence (patience 5, at most ``CF_EPOCHS``
+    before starting the next. The other classic models come last, trained to convergence (patience 5, at most ``CF_EPOCHS``
     epochs) on the same machine, for the table's classic rows paired over the same users."""
     grouped = ["train.group_by_length=true"]
     steps = [sasrec_step(dataset.capitalize(), *sasrec_overrides)]
@@ -497,13 +483,6 @@ def final_study(dataset: str, root: str, *sasrec_overrides: str, own_options=Non
             steps.append(train_step(f"{kind}_s{seed}", config, run, seed, grouped))
             steps.append(evaluate(run, "test"))
             steps.append(evaluate(run, "test", "exact", EXACT_USERS))
-    if own_options:
-        screened = ["sft_s0", "ilrec_s0"]
-        for name, overrides in own_options.items():
-            run = f"{{root}}/{name}_s0"
-            steps.append(train_step(f"{name}_s0", f"{dataset}_ilrec", run, 0, grouped + overrides))
-            screened.append(f"{name}_s0")
-        steps += [evaluate(f"{{root}}/{run}", "valid") for run in screened]
     for model in ("gru4rec", "bert4rec", "caser", "bpr"):
         steps.append(cf_step(model, dataset.capitalize(), f"epochs={CF_EPOCHS}"))
     return {"root": root, "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
@@ -536,9 +515,7 @@ def main() -> None:
     write(
         "instruments_final.yaml",
         note,
-        final_study(
-            "instruments", "runs/instruments_grouped", "epochs=60", own_options=OWN_OPTIONS
-        ),
+        final_study("instruments", "runs/instruments_grouped", "epochs=60"),
     )
     write("games_final.yaml", note, final_study("games", "runs/games_grouped"))
     write("instruments_depth_grouped.yaml", note, depth_screen_study())

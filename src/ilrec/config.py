@@ -98,8 +98,7 @@ class ObjectiveConfig:
     head: str = "shared"  # shared (final norm + LM head) | separate (trainable copies)
     negatives_from: str = "intermediate"  # intermediate | final
     max_negatives: int | None = None
-    weights: str = "paper"  # paper (Eq. 6) | hardness (project's: p / sum p over the negatives)
-    penalty: str = "scale"  # scale (Eq. 7: z*(1+bw)) | sign_aware (z+bw|z|) | additive (project's)
+    penalty: str = "scale"  # scale (Eq. 7: z*(1+bw)) | sign_aware (z+bw|z|)
     sign_aware: bool = False  # older runs' spelling of penalty=sign_aware (still read)
     cpo: bool = True  # False: plain cross-entropy in place of CPO ("w/o CPO")
     cf_run: str | None = None  # trained CF run folder for the CRR reward
@@ -108,11 +107,8 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         _choice("objective.ensemble", self.ensemble, ("mean", "variance", "entropy", "max_prob"))
         _choice("objective.head", self.head, ("shared", "separate"))
-        _choice("objective.weights", self.weights, ("paper", "hardness"))
-        _choice("objective.penalty", self.penalty, ("scale", "sign_aware", "additive"))
+        _choice("objective.penalty", self.penalty, ("scale", "sign_aware"))
         if self.sign_aware:
-            if self.penalty not in ("scale", "sign_aware"):
-                raise ConfigError("objective.sign_aware=true contradicts objective.penalty")
             self.penalty, self.sign_aware = "sign_aware", False
         _choice("objective.negatives_from", self.negatives_from, ("intermediate", "final"))
         if self.k < 0:
@@ -298,6 +294,34 @@ class Config:
             )
 
 
+REMOVED_OPTIONS = {
+    "objective.weights=hardness": "weights proportional to the negatives' probabilities",
+    "objective.penalty=additive": "an additive margin of beta logits per negative",
+}
+"""Options that were tried and removed: the project's two alternatives to Eqs. 6-7 (issue 11
+item 4) did not beat the paper's form on validation (BENCHMARKS.md, "Depth screen" and "The
+final test table"); commit 94bbfe2 is the last code with them."""
+
+
+def reject_removed(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the removed ``objective.weights`` field, which runs saved before its
+    removal hold as ``paper`` (Eq. 6, what the objective computes); a removed option is a
+    ConfigError that says what it was."""
+    objective = values.get("objective")
+    if not isinstance(objective, dict):
+        return values
+    for key in ("weights", "penalty"):
+        option = f"objective.{key}={objective.get(key)}"
+        if option in REMOVED_OPTIONS:
+            raise ConfigError(
+                f"{option} ({REMOVED_OPTIONS[option]}) was removed: it did not beat the paper's "
+                "Eqs. 6-7 on validation (BENCHMARKS.md); commit 94bbfe2 is the last with it"
+            )
+    if objective.get("weights") == "paper":
+        objective = {k: v for k, v in objective.items() if k != "weights"}
+    return {**values, "objective": objective}
+
+
 def _choice(key: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
@@ -443,7 +467,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         values = read_config_values(path)
     values = apply_overrides(values, overrides or [])
     try:
-        return build_dataclass(Config, values, "")
+        return build_dataclass(Config, reject_removed(values), "")
     except ConfigError as e:
         raise ConfigError(f"{path or 'config'}: {e}") if path else e from None
 
@@ -480,7 +504,7 @@ def load_stage_config(
     values = deep_merge(values, stage)
     values.setdefault("align", {})["from_run"] = str(from_run)
     try:
-        return build_dataclass(Config, values, "")
+        return build_dataclass(Config, reject_removed(values), "")
     except ConfigError as e:
         raise ConfigError(f"{path or 'config'}: {e}") from None
 

@@ -4,13 +4,11 @@
 from ilrec.losses.ilrec import (
     ENSEMBLE_STRATEGIES,
     PENALTIES,
-    WEIGHTINGS,
     cpd_loss,
     cpo_loss,
     crr_loss,
     ensemble_logits,
     extract_negatives,
-    hardness_weights,
     penalty_weights,
 )
 from ilrec.losses.policy import grpo_advantages, grpo_loss, k3_kl
@@ -19,8 +17,6 @@ from ilrec.losses.preference import dpo_loss, implicit_rewards, sdpo_loss
 __all__ = [
     "ENSEMBLE_STRATEGIES",
     "PENALTIES",
-    "WEIGHTINGS",
-    "hardness_weights",
     "cpd_loss",
     "cpo_loss",
     "crr_loss",

@@ -34,8 +34,6 @@ from torch import Tensor
 __all__ = [
     "ENSEMBLE_STRATEGIES",
     "PENALTIES",
-    "WEIGHTINGS",
-    "hardness_weights",
     "cpd_loss",
     "cpo_loss",
     "crr_loss",
@@ -228,29 +226,8 @@ def penalty_weights(ens_probs: Tensor, neg_mask: Tensor) -> Tensor:
     return scores / scores.sum(-1, keepdim=True).clamp_min(1.0)
 
 
-def hardness_weights(ens_probs: Tensor, neg_mask: Tensor) -> Tensor:
-    r"""The project's alternative to Eq. 6 (not the paper's): weights proportional to each
-    negative's ensemble probability, :math:`w_v = \hat p(v) / \sum_{u\in V_N}\hat p(u)` for
-    :math:`v\in V_N` (a softmax of the ensemble *logits* restricted to :math:`V_N`), so the
-    hardest negative gets most of the penalty. Eq. 6's softmax of probabilities in [0, 1] is
-    close to uniform (w ≈ 1/|V_N|) whatever the negatives' hardness.
-
-    Args and returns as :func:`penalty_weights` (rows of positions without negatives are 0).
-    """
-    _check_same_shape(ens_probs, neg_mask, "ens_probs", "neg_mask")
-    if ens_probs.dim() != 2:
-        raise ValueError(f"ens_probs must be [N, V], got shape {tuple(ens_probs.shape)}")
-    scores = ens_probs.detach().float() * neg_mask
-    return scores / scores.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-
-
-WEIGHTINGS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "paper": penalty_weights,
-    "hardness": hardness_weights,
-}
-"""``objective.weights``: Eq. 6 (``paper``) or the project's ``hardness`` weights."""
-
-PENALTIES = ("scale", "sign_aware", "additive")
+PENALTIES = ("scale", "sign_aware")
+"""``objective.penalty``: how a weight moves a negative's logit (see :func:`cpo_loss`)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -282,17 +259,14 @@ def cpo_loss(
     - ``sign_aware``: :math:`z'_v = z_v + \beta w_v |z_v|`, identical for positive logits; for
       a negative logit the paper's form pushes it further *down* (it rewards the negative's rank
       relative to the partition), while this form moves it up, so the negative is penalized
-      whatever its sign;
-    - ``additive`` (the project's, not the paper's): :math:`z'_v = z_v + \beta w_v |V_N|`, a
-      margin of β logits per negative on average, independent of the logit's scale and sign
-      (an additive-margin softmax over the self-hard negatives).
+      whatever its sign.
 
     Args:
         final_logits: ``[N, V]`` final-layer logits (any float dtype).
         targets: ``[N]`` target token ids.
         weights: ``[N, V]`` penalty weights (detached inside).
         beta: penalization strength :math:`\beta`.
-        penalty: ``scale``, ``sign_aware`` or ``additive``.
+        penalty: ``scale`` or ``sign_aware``.
 
     Returns:
         Scalar float32 loss, mean over the ``N`` positions.
@@ -305,8 +279,6 @@ def cpo_loss(
         z_pen = z * (1.0 + beta * w)
     elif penalty == "sign_aware":
         z_pen = z + beta * w * z.abs()
-    elif penalty == "additive":
-        z_pen = z + beta * w * (w > 0).sum(-1, keepdim=True)
     else:
         raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
     z_y = z.gather(1, targets.long().unsqueeze(1)).squeeze(1)

@@ -37,12 +37,12 @@ from torch import Tensor, nn
 
 from ilrec.config import ConfigError, ObjectiveConfig
 from ilrec.losses import (
-    WEIGHTINGS,
     cpd_loss,
     cpo_loss,
     crr_loss,
     ensemble_logits,
     extract_negatives,
+    penalty_weights,
 )
 from ilrec.models.layers import LMParts, causal_lm, final_logits, gather, lm_parts
 from ilrec.training.objectives.base import ForwardResult, ObjectiveOutput, forward_supervised
@@ -239,7 +239,7 @@ class ILRecObjective:
                 )
                 probs = source.softmax(-1)
                 neg_mask = extract_negatives(probs, targets, cfg.alpha, cfg.max_negatives)
-                weights = WEIGHTINGS[cfg.weights](probs, neg_mask)
+                weights = penalty_weights(probs, neg_mask)
                 n_neg = neg_mask.sum()
                 logs["neg_per_pos"] = n_neg.float() / max(targets.numel(), 1)
                 if int(n_neg) > 0:
