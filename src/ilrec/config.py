@@ -310,12 +310,12 @@ def reject_removed(values: dict[str, Any]) -> dict[str, Any]:
     objective = values.get("objective")
     if not isinstance(objective, dict):
         return values
-    for key in ("weights", "penalty"):
-        option = f"objective.{key}={objective.get(key)}"
-        if option in REMOVED_OPTIONS:
+    for option, what in REMOVED_OPTIONS.items():
+        key, value = option.removeprefix("objective.").split("=")
+        if objective.get(key) == value:
             raise ConfigError(
-                f"{option} ({REMOVED_OPTIONS[option]}) was removed: it did not beat the paper's "
-                "Eqs. 6-7 on validation (BENCHMARKS.md); commit 94bbfe2 is the last with it"
+                f"{option} ({what}) was removed: it did not beat the paper's Eqs. 6-7 on "
+                "validation (BENCHMARKS.md); commit 94bbfe2 is the last with it"
             )
     if objective.get("weights") == "paper":
         objective = {k: v for k, v in objective.items() if k != "weights"}
