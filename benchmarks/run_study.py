@@ -10,17 +10,17 @@ list of files) another step or study writes (e.g. the SFT run this stage starts 
 step waits until they all exist. A step also waits for every unfinished earlier step that
 writes a folder its arguments name (``evaluate --run X`` after the step training ``X``,
 ``align --from X`` after it). A finished step is never redone; a `train`, `align` or
-`train-cf` step whose run folder it already started is continued with ``--resume`` (from its last checkpoint, or from step 0 if it stopped before
-the first), and an `evaluate` step continues from the rows it saved (``ilrec evaluate`` is
-resumable by itself); a step that fails stops the study (its output is in
-``{root}/logs/<name>.log``). Kill the study at any time and start it again: it picks up where
-it stopped. The file is read again before every step, so a study regenerated while it runs
-takes effect at its next step. SIGTERM or Ctrl-C (SIGINT) is passed to the running step,
-which saves a checkpoint after its current optimizer step and exits; the runner then starts
-nothing more (a second signal stops the step at once). ``--steps PATTERN`` (repeatable,
-shell-style) restricts a runner to the steps whose names match, so two runners can share one
-study on disjoint steps, one per core (e.g. ``--steps 'cand_*'`` and ``--steps 'title_*'``).
-"""
+`train-cf` step whose run folder it already started is continued with ``--resume`` (from its
+last checkpoint, or from step 0 if it stopped before the first), and an `evaluate` step
+continues from the rows it saved (``ilrec evaluate`` is resumable by itself); a step that
+fails stops the study (its output is in ``{root}/logs/<name>.log``). Kill the study at any
+time and start it again: it picks up where it stopped. The file is read again before every
+step, so a study regenerated while it runs takes effect at its next step. SIGTERM or Ctrl-C
+(SIGINT) is passed to the running step, which saves a checkpoint after its current optimizer
+step and exits; the runner then starts nothing more (a second signal stops the step at once).
+``--steps PATTERN`` (repeatable, shell-style) restricts a runner to the steps whose names
+match, so two runners can share one study on disjoint steps, one per core (e.g. ``--steps
+'cand_*'`` and ``--steps 'title_*'``)."""
 
 from __future__ import annotations
 

@@ -294,8 +294,7 @@ def depth_screen_study() -> dict:
     separate head (seed 0). Phase 2: SFT and the middle layers from seeds 1 and 2
     (``sft_s<seed>``, ``ilrec_layers_middle_s<seed>``), then the upper and lower layers
     (seed 0). Phase 3: Figure 5's k 0 and Table 6's alpha and beta values, then the remaining
-    factors of item 2 (seed 0). The study's own SASRec
-    (the CRR reward) comes first."""
+    factors of item 2 (seed 0). The study's own SASRec (the CRR reward) comes first."""
     budget = [*SWEEP_BUDGET, "train.group_by_length=true"]
     folder = "{root}/depth_grouped"
     steps = [sasrec_step("Instruments", "epochs=60")]
@@ -472,8 +471,9 @@ def final_study(dataset: str, root: str, *sasrec_overrides: str) -> dict:
     same step names, so a run trained by either study is not trained again); a retrained run
     is not bit-identical to an earlier one (float reductions), so both rows are taken from the
     same model. Seed-major, so two runners sharing the study finish a paired SFT/ILRec seed
-    before starting the next. The other classic models come last, trained to convergence (patience 5, at most ``CF_EPOCHS``
-    epochs) on the same machine, for the table's classic rows paired over the same users."""
+    before starting the next. The other classic models come last, trained to convergence
+    (patience 5, at most ``CF_EPOCHS`` epochs) on the same machine, for the table's classic rows
+    paired over the same users."""
     grouped = ["train.group_by_length=true"]
     steps = [sasrec_step(dataset.capitalize(), *sasrec_overrides)]
     for seed in SEEDS:
