@@ -31,7 +31,7 @@ VARIANTS = {
     "ilrec": ["objective.name=ilrec"],
     "il_cpo": ["objective.name=ilrec", "objective.lambda_cpd=0", "objective.mu_crr=0"],
     "wo_cpd": ["objective.name=ilrec", "objective.lambda_cpd=0"],
-    "ilrec_sign": ["objective.name=ilrec", "objective.sign_aware=true"],
+    "ilrec_sign": ["objective.name=ilrec", "objective.penalty=sign_aware"],
 }
 # A coarse grid inside the paper's ranges (alpha {0.1..1.2}, beta {0.005..0.2}, lambda
 # {0.0005..0.1}); each point is one full training run on this 2-core CPU.

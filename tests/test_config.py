@@ -241,6 +241,14 @@ def test_runs_saved_with_sign_aware_still_load(tmp_path: Path) -> None:
     assert load_config(path).objective.penalty == "sign_aware"
     path.write_text("objective:\n  name: ilrec\n  sign_aware: false\n")
     assert load_config(path).objective.penalty == "scale"
+    path.write_text("objective:\n  name: ilrec\n  sign_aware: true\n  penalty: sign_aware\n")
+    assert load_config(path).objective.penalty == "sign_aware"
+    assert "sign_aware" not in config_to_dict(load_config(path))["objective"]
+    path.write_text("objective:\n  name: ilrec\n  sign_aware: true\n  penalty: scale\n")
+    with pytest.raises(ConfigError, match="contradicts objective.penalty=scale"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="objective.sign_aware must be true or false"):
+        load_config(None, ["objective.sign_aware=maybe"])
 
 
 def test_runs_saved_before_item_4_options_were_removed(tmp_path: Path) -> None:

@@ -99,7 +99,6 @@ class ObjectiveConfig:
     negatives_from: str = "intermediate"  # intermediate | final
     max_negatives: int | None = None
     penalty: str = "scale"  # scale (Eq. 7: z*(1+bw)) | sign_aware (z+bw|z|)
-    sign_aware: bool = False  # older runs' spelling of penalty=sign_aware (still read)
     cpo: bool = True  # False: plain cross-entropy in place of CPO ("w/o CPO")
     cf_run: str | None = None  # trained CF run folder for the CRR reward
     layer_logs: bool = True  # log each candidate layer's cross-entropy (ce_layer_{l}, Fig. 2)
@@ -108,8 +107,6 @@ class ObjectiveConfig:
         _choice("objective.ensemble", self.ensemble, ("mean", "variance", "entropy", "max_prob"))
         _choice("objective.head", self.head, ("shared", "separate"))
         _choice("objective.penalty", self.penalty, ("scale", "sign_aware"))
-        if self.sign_aware:
-            self.penalty, self.sign_aware = "sign_aware", False
         _choice("objective.negatives_from", self.negatives_from, ("intermediate", "final"))
         if self.k < 0:
             raise ConfigError(f"objective.k must be >= 0, got {self.k}")
@@ -303,13 +300,18 @@ item 4) did not beat the paper's form on validation (BENCHMARKS.md, "Depth scree
 final test table"); commit 94bbfe2 is the last code with them."""
 
 
-def reject_removed(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` without the removed ``objective.weights`` field, which runs saved before its
-    removal hold as ``paper`` (Eq. 6, what the objective computes); a removed option is a
-    ConfigError that says what it was."""
+def upgrade_saved_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the keys older runs saved in today's spelling: the one place that reads
+    them, so every saved ``config.yaml`` still loads.
+
+    - ``objective.sign_aware: true|false`` became ``objective.penalty: sign_aware|scale``;
+    - ``objective.weights: paper`` (Eq. 6, what the objective computes) is dropped, and a
+      removed option (:data:`REMOVED_OPTIONS`) is a ConfigError that says what it was.
+    """
     objective = values.get("objective")
     if not isinstance(objective, dict):
         return values
+    objective = dict(objective)
     for option, what in REMOVED_OPTIONS.items():
         key, value = option.removeprefix("objective.").split("=")
         if objective.get(key) == value:
@@ -318,7 +320,18 @@ def reject_removed(values: dict[str, Any]) -> dict[str, Any]:
                 "validation (BENCHMARKS.md); commit 94bbfe2 is the last with it"
             )
     if objective.get("weights") == "paper":
-        objective = {k: v for k, v in objective.items() if k != "weights"}
+        del objective["weights"]
+    if "sign_aware" in objective:
+        sign_aware = objective.pop("sign_aware")
+        if not isinstance(sign_aware, bool):
+            raise ConfigError(f"objective.sign_aware must be true or false, got {sign_aware!r}")
+        penalty = "sign_aware" if sign_aware else objective.get("penalty", "scale")
+        if objective.get("penalty", penalty) != penalty:
+            raise ConfigError(
+                f"objective.sign_aware={str(sign_aware).lower()} (the older spelling of "
+                f"objective.penalty) contradicts objective.penalty={objective['penalty']}"
+            )
+        objective["penalty"] = penalty
     return {**values, "objective": objective}
 
 
@@ -467,7 +480,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         values = read_config_values(path)
     values = apply_overrides(values, overrides or [])
     try:
-        return build_dataclass(Config, reject_removed(values), "")
+        return build_dataclass(Config, upgrade_saved_keys(values), "")
     except ConfigError as e:
         raise ConfigError(f"{path or 'config'}: {e}") if path else e from None
 
@@ -504,7 +517,7 @@ def load_stage_config(
     values = deep_merge(values, stage)
     values.setdefault("align", {})["from_run"] = str(from_run)
     try:
-        return build_dataclass(Config, reject_removed(values), "")
+        return build_dataclass(Config, upgrade_saved_keys(values), "")
     except ConfigError as e:
         raise ConfigError(f"{path or 'config'}: {e}") from None
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from ilrec.data.io import atomic_write_bytes, atomic_write_text, refuse_overwrite
 from ilrec.evaluation.result_files import RANKINGS_SUFFIX, read_rankings
@@ -28,6 +31,23 @@ def _without_machine_paths(text: str, root: Path) -> str:
     in the study files) and ``{ilrec}`` (the source checkout), so an archive names no
     machine."""
     return text.replace(str(root), "{root}").replace(str(SOURCE_ROOT), "{ilrec}")
+
+
+def _yaml_without_machine_paths(text: str, root: Path) -> str:
+    """A YAML file's text with the machine's folders replaced in its string values, dumped
+    again so that the placeholders are quoted (``output_dir: '{root}/sft_s0'``): a bare
+    ``{root}/...`` would read back as a YAML mapping, not as a path."""
+
+    def replace(value: Any) -> Any:
+        if isinstance(value, str):
+            return _without_machine_paths(value, root)
+        if isinstance(value, dict):
+            return {key: replace(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [replace(item) for item in value]
+        return value
+
+    return yaml.safe_dump(replace(yaml.safe_load(text)), sort_keys=False, allow_unicode=True)
 
 
 def _study_root(run: Path, root: Path | None) -> Path:
@@ -75,7 +95,11 @@ def archive_run(
     refuse_overwrite(dest, names, force)
     written = []
     for path in files:
-        text = _without_machine_paths(path.read_text(encoding="utf-8"), study_root)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".yaml":
+            text = _yaml_without_machine_paths(text, study_root)
+        else:
+            text = _without_machine_paths(text, study_root)
         written.append(atomic_write_text(dest / path.name, text))
     for path in rankings:
         written.append(
