@@ -30,7 +30,9 @@ class DataConfig:
     format: str = "sequence"  # sequence | prompt | title
     max_history: int = 20
     paraphrases: int = 8  # training draws one of the first N LC-Rec paraphrases per example
-    valid_users: int = 500  # validation subsample for model selection (0 = all)
+    # validation subsample for model selection (0 = all), drawn with train.seed: each seed
+    # of a study selects on its own users
+    valid_users: int = 500
     task: str = "full"  # full (rank the catalogue) | candidates (pick one of N, S-DPO/LLaRA)
     # candidate files' stem: <stem>.train.jsonl, <stem>.<protocol>.{valid,test}.jsonl
     # (None = <data.path>/<X>.candidates, where `ilrec prepare lastfm` writes them)
