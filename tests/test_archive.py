@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,8 +117,6 @@ def test_archive_cli(tmp_path, capsys):
 def test_every_committed_archive_config_is_yaml():
     """The archived configs under benchmarks/results are read back as YAML (a bare ``{root}``
     placeholder once made them unreadable)."""
-    from pathlib import Path
-
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     configs = sorted(results.rglob("config.yaml"))
     assert configs, f"no archived configs under {results}"

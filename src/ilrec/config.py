@@ -327,13 +327,13 @@ def upgrade_saved_keys(values: dict[str, Any]) -> dict[str, Any]:
         sign_aware = objective.pop("sign_aware")
         if not isinstance(sign_aware, bool):
             raise ConfigError(f"objective.sign_aware must be true or false, got {sign_aware!r}")
-        penalty = "sign_aware" if sign_aware else objective.get("penalty", "scale")
-        if objective.get("penalty", penalty) != penalty:
-            raise ConfigError(
-                f"objective.sign_aware={str(sign_aware).lower()} (the older spelling of "
-                f"objective.penalty) contradicts objective.penalty={objective['penalty']}"
-            )
-        objective["penalty"] = penalty
+        if sign_aware:
+            penalty = objective.setdefault("penalty", "sign_aware")
+            if penalty != "sign_aware":
+                raise ConfigError(
+                    "objective.sign_aware=true (the older spelling of objective.penalty) "
+                    f"contradicts objective.penalty={penalty}"
+                )
     return {**values, "objective": objective}
 
 
