@@ -12,6 +12,7 @@ import torch
 from ilrec.cli import main
 from ilrec.data.split import Example
 from ilrec.evaluation.compare import (
+    _load_rankings,
     compare_groups,
     compare_runs,
     paired_bootstrap_ci,
@@ -159,6 +160,26 @@ def test_users_n_takes_the_first_rows_of_a_whole_split_evaluation(tmp_path):
         compare_runs({"CF": [whole]}, users=5)
     with pytest.raises(FileNotFoundError, match="first3"):
         compare_runs({"LM": [subset]}, users=3)  # no whole-split file to fall back on
+
+
+def test_users_n_takes_the_first_rows_of_the_smallest_larger_subset(tmp_path):
+    """An exact ranking of the first 4 (or 3) users also answers --users 2; a smaller one not."""
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    examples = [Example(u, (1, 2), t) for u, t in zip("abcd", TARGETS, strict=True)]
+    ranked = torch.tensor(_ranked_with_target_at([1, 0, 5, -1]))
+    for n in (1, 3, 4):
+        rows = ranked.clone()
+        rows[:, 0] += 1000 * n  # tells the files apart by user a's first item
+        name = f"eval_test_exact_first{n}.rankings.tsv"
+        (lm / name).write_text(rankings_tsv(examples[:n], rows[:n]))
+    (lm / "eval_test_exact_first30.rankings.tsv.bak").write_text("not a rankings file")
+    loaded = _load_rankings(lm, "test", "exact", 2, 0)
+    assert loaded.users == ("a", "b") and loaded.ranked[0, 0] == 3100
+    comparison = compare_runs({"LM": [lm]}, users=2, n_boot=50)
+    assert comparison.n_users == 2
+    with pytest.raises(FileNotFoundError, match="first5"):
+        compare_runs({"LM": [lm]}, users=5)
 
 
 def _cli_runs(tmp_path: Path) -> tuple[Path, Path]:

@@ -220,7 +220,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="the runs' `evaluate --users N` results (else the first N users of a whole-split "
-        "evaluation, e.g. a classic model's)",
+        "evaluation, e.g. a classic model's, or of the smallest `--users M` one with M > N)",
     )
     p.add_argument(
         "--reasoning-tokens",

@@ -4,8 +4,9 @@ Every run of a comparison must have been evaluated on the same users (the same s
 and ``--users``); ``ilrec evaluate`` writes each user's target and ranked list to
 ``eval_<split>_<mode>[_first<N>].rankings.tsv``, and ``ilrec train-cf`` writes the classic
 models' full rankings as ``eval_<split>_exact.rankings.tsv``. With ``--users N`` a run without
-``_first<N>`` results is compared on the first N rows of its whole-split rankings (the same
-users; the check below refuses anything else). Two kinds of uncertainty are reported,
+``_first<N>`` results is compared on the first N rows of its whole-split rankings, or of its
+smallest ``_first<M>`` rankings with M > N (the same users; the check below refuses anything
+else). Two kinds of uncertainty are reported,
 because they answer different questions:
 
 - the std over a group's runs (seeds): training noise;
@@ -20,6 +21,7 @@ with a t interval over them, which also covers training noise (wide with few see
 
 from __future__ import annotations
 
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,15 +102,35 @@ def _load_group(
 
 def _load_rankings(run: Path, split: str, mode: str, users: int, reasoning_tokens: int) -> Rankings:
     """A run's rankings of ``users`` users: its ``--users N`` results, or else the first N rows
-    of its evaluation of the whole split (a classic model ranks every user)."""
+    of its evaluation of the whole split (a classic model ranks every user), or else of its
+    smallest ``--users M`` evaluation with M > N (the first M users start with the first N)."""
     path = run / (eval_stem(split, mode, users, reasoning_tokens) + RANKINGS_SUFFIX)
-    whole = run / (eval_stem(split, mode, 0, reasoning_tokens) + RANKINGS_SUFFIX)
-    if users <= 0 or rankings_path(path) is not None or rankings_path(whole) is None:
+    if users <= 0 or rankings_path(path) is not None:
         return read_rankings(path)
-    rankings = read_rankings(whole)
+    larger = _larger_evaluation(run, split, mode, users, reasoning_tokens)
+    if larger is None:
+        return read_rankings(path)
+    rankings = read_rankings(larger)
     if len(rankings.users) < users:
-        raise ValueError(f"{whole}: {len(rankings.users)} users, fewer than --users {users}")
+        raise ValueError(f"{larger}: {len(rankings.users)} users, fewer than --users {users}")
     return rankings.first(users)
+
+
+def _larger_evaluation(
+    run: Path, split: str, mode: str, users: int, reasoning_tokens: int
+) -> Path | None:
+    """The whole-split rankings of ``run`` if present, else those of its smallest evaluation
+    of the first M > ``users`` users, else None."""
+    stem = eval_stem(split, mode, 0, reasoning_tokens)
+    whole = run / (stem + RANKINGS_SUFFIX)
+    if rankings_path(whole) is not None:
+        return whole
+    name = re.compile(re.escape(stem) + r"_first(\d+)" + re.escape(RANKINGS_SUFFIX) + r"(\.gz)?")
+    matches = (name.fullmatch(found.name) for found in run.glob(f"{stem}_first*"))
+    sizes = {int(m.group(1)) for m in matches if m is not None and int(m.group(1)) > users}
+    if not sizes:
+        return None
+    return run / (eval_stem(split, mode, min(sizes), reasoning_tokens) + RANKINGS_SUFFIX)
 
 
 @dataclass(frozen=True)
