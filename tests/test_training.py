@@ -131,13 +131,16 @@ def _killed_and_resumed(
     train(config, resume=True)
 
 
-@pytest.mark.parametrize("order", ["random", "grouped"])
-def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides, order):
+@pytest.mark.parametrize("order", ["random", "grouped", "grouped_ilrec"])
+def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides, order, request):
     # the selected model (model/) may be a checkpoint from before the kill; the last
     # checkpoint (checkpoint-9) holds the weights after the resumed steps
     common = ("train.max_steps=9", "train.eval_every=3", "train.save_total_limit=5")
-    if order == "grouped":  # length-grouped batches: 5 steps per epoch of 303 examples
+    if order != "random":  # length-grouped batches: 5 steps per epoch of 303 examples
         common += ("train.group_by_length=true", "train.batch_size=64")
+    if order == "grouped_ilrec":  # the depth screen's objective: CPO + CPD + CRR from a SASRec
+        cf_run = request.getfixturevalue("cf_run")
+        common += ("objective.name=ilrec", "objective.mu_crr=0.1", f"objective.cf_run={cf_run}")
     straight = tmp_path / "straight"
     train(load_config(None, tiny_overrides(synthetic_dir, straight, *common)))
     a = _selected_and_last(straight)
@@ -152,7 +155,7 @@ def test_resume_equals_uninterrupted(synthetic_dir, tmp_path, tiny_overrides, or
         (5, ("train.save_every=2",), ["checkpoint-2", "checkpoint-3", "checkpoint-4"], None),
         (5, (), ["checkpoint-3", "checkpoint-5"], signal.SIGTERM),
     )
-    if order == "grouped":  # resumed inside epoch 1, whose order is drawn from seed + 1
+    if order != "random":  # resumed inside epoch 1, whose order is drawn from seed + 1
         cases = ((7, (), ["checkpoint-3", "checkpoint-6"], None),)
     for i, (kill_at, extra, checkpoints, signum) in enumerate(cases):
         killed = tmp_path / f"killed_{i}"
