@@ -135,6 +135,10 @@ def test_compare_groups_pairs_runs_by_position_when_groups_match(tmp_path):
     single = compare_groups({"SFT": base[:1], "New": better[:1]}, n_boot=200)
     unequal = compare_groups({"SFT": base, "New": better[:1]}, n_boot=200)
     assert "per run" not in single and "per run" not in unequal
+    # ...and a note that a single run's interval leaves out training noise
+    assert "Note: one run of SFT, New:" in single
+    assert "Note: one run of New:" in unequal
+    assert "Note" not in "\n".join(rows)
 
 
 def test_compare_groups_rejects_other_users(tmp_path):

@@ -212,6 +212,13 @@ def compare_runs(
     return Comparison(split, mode, len(reference.users), keys, delta_metric, results)
 
 
+SINGLE_RUN_NOTE = (
+    "Note: one run of {groups}: the bootstrap interval covers which users were sampled, not "
+    "training noise (another seed, or the same seed rerun on other hardware, can move a run "
+    "by more); give each group several seeds, in the same order, for a t interval over them."
+)
+
+
 def format_comparison(comparison: Comparison) -> str:
     """The comparison as a markdown table (metrics as mean ± std over runs)."""
     c, by_seed = comparison, comparison.by_seed
@@ -243,6 +250,9 @@ def format_comparison(comparison: Comparison) -> str:
                 delta += f" [{lo:+.4f}, {hi:+.4f}]"
         runs = len(group.values[c.metrics[0]])
         lines.append(f"| {group.name} | {runs} | " + " | ".join(cells) + f" | {delta} |")
+    single = [g.name for g in c.groups if len(g.values[c.metrics[0]]) == 1]
+    if single:
+        lines += ["", SINGLE_RUN_NOTE.format(groups=", ".join(single))]
     return "\n".join(lines) + "\n"
 
 
