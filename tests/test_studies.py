@@ -43,7 +43,6 @@ run_study = _module(RUNNER)
     [
         ("instruments_sft.yaml", lambda: make_studies.sft_study()),
         ("instruments_alignment.yaml", lambda: make_studies.alignment_study(make_studies.SELECTED)),
-        ("instruments_size.yaml", lambda: make_studies.size_study()),
         ("instruments_ilrec_sweep.yaml", lambda: make_studies.ilrec_sweep_study()),
         ("games.yaml", lambda: make_studies.games_study(make_studies.SELECTED)),
         (
@@ -104,6 +103,19 @@ def test_size_presets_are_deeper_and_wider_than_small():
     assert deep.hidden_size == small.hidden_size
     assert wide.hidden_size > small.hidden_size
     assert wide.num_hidden_layers == small.num_hidden_layers
+
+
+def test_the_wide_sft_differs_from_the_deep_one_only_by_its_preset(tmp_path):
+    steps = {s["name"]: s["args"] for s in _steps("instruments_depth_full.yaml", tmp_path)}
+    deep = _config_and_overrides(steps["full_sft"])
+    wide = _config_and_overrides(steps["full_sft_wide"])
+    assert deep[0] == wide[0]
+    differ = set(deep[1]) ^ set(wide[1])
+    assert {o for o in differ if not o.startswith("train.output_dir=")} == {
+        "model.preset=deep",
+        "model.preset=wide",
+    }
+    assert {"full_sft_wide_valid_beam", "full_sft_wide_test_beam"} <= set(steps)
 
 
 def _write_study(path: Path, root: Path, steps: list[dict]) -> Path:
