@@ -305,7 +305,7 @@ def depth_full_study() -> dict:
     cosine, early stopping, patience 3), length-grouped batches. Seed 0 first: SFT, the middle
     layers and the paper's centre (k 1), each on the whole validation and test splits; then SFT
     and the middle layers from seeds 1 and 2. Last, the size question (is capacity the limit?):
-    SFT on the `wide` preset (hidden 256, 4 layers) under the same protocol, seed 0, to set
+    SFT on the `wide` preset (hidden 256, 4 layers) under the same protocol, seeds 0-2, to set
     beside this `deep` SFT and the `small` SFT of ``instruments_grouped_seeds.yaml``. Shares the
     depth screen's root and SASRec."""
     folder = "{root}/depth_full"
@@ -325,6 +325,8 @@ def depth_full_study() -> dict:
         run(f"sft_s{seed}", None, seed)
         run(f"ilrec_{DEPTH_CONFIRM}_s{seed}", DEPTH_CONFIRM, seed)
     run("sft_wide", None, 0, preset="wide")
+    for seed in (1, 2):
+        run(f"sft_wide_s{seed}", None, seed, preset="wide")
     return {"root": "runs/instruments_grouped", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
 
