@@ -143,6 +143,10 @@ class GroupResult:
     per_run: list[float] | None = None  # Δ of each run against the baseline's run
     per_run_interval: tuple[float, float] | None = None  # t interval over ``per_run``
 
+    @property
+    def n_runs(self) -> int:
+        return len(next(iter(self.values.values())))
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -248,9 +252,8 @@ def format_comparison(comparison: Comparison) -> str:
                 lo, hi = group.per_run_interval
                 delta += " | " + ", ".join(f"{d:+.4f}" for d in group.per_run)
                 delta += f" [{lo:+.4f}, {hi:+.4f}]"
-        runs = len(group.values[c.metrics[0]])
-        lines.append(f"| {group.name} | {runs} | " + " | ".join(cells) + f" | {delta} |")
-    single = [g.name for g in c.groups if len(g.values[c.metrics[0]]) == 1]
+        lines.append(f"| {group.name} | {group.n_runs} | " + " | ".join(cells) + f" | {delta} |")
+    single = [g.name for g in c.groups if g.n_runs == 1]
     if single:
         lines += ["", SINGLE_RUN_NOTE.format(groups=", ".join(single))]
     return "\n".join(lines) + "\n"
