@@ -306,8 +306,8 @@ def depth_full_study() -> dict:
     layers and the paper's centre (k 1), each on the whole validation and test splits; then SFT
     and the middle layers from seeds 1 and 2. Last, the size question (is capacity the limit?):
     SFT on the `wide` preset (hidden 256, 4 layers) under the same protocol, seeds 0-2, to set
-    beside this `deep` SFT and the `small` SFT of ``instruments_grouped_seeds.yaml``. Shares the
-    depth screen's root and SASRec."""
+    beside this `deep` SFT and the `small` SFT of ``instruments_grouped_seeds.yaml``; then the
+    paper's centre from seeds 1 and 2. Shares the depth screen's root and SASRec."""
     folder = "{root}/depth_full"
     steps = [sasrec_step("Instruments", "epochs=60")]
 
@@ -327,6 +327,8 @@ def depth_full_study() -> dict:
     run("sft_wide", None, 0, preset="wide")
     for seed in (1, 2):
         run(f"sft_wide_s{seed}", None, seed, preset="wide")
+    for seed in (1, 2):  # the paper's centre beside the SFT pairs above
+        run(f"ilrec_center_s{seed}", "center", seed)
     return {"root": "runs/instruments_grouped", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
 
