@@ -118,6 +118,24 @@ def test_the_wide_sft_differs_from_the_deep_one_only_by_its_preset(tmp_path):
     assert {"full_sft_wide_valid_beam", "full_sft_wide_test_beam"} <= set(steps)
 
 
+def test_the_deep_exact_rows_rank_runs_the_study_trains_after_they_are_trained(tmp_path):
+    """Each exact step ranks the first 2,000 test users of a run a train step writes, and comes
+    after that step, so one runner can do the whole study in file order."""
+    steps = _steps("instruments_depth_full.yaml", tmp_path)
+    order = {}
+    for i, s in enumerate(steps):
+        if s["args"][0] == "train":
+            out = next(a for a in s["args"] if a.startswith("train.output_dir="))
+            order[out.split("=", 1)[1]] = i
+    exact = [(i, s["args"]) for i, s in enumerate(steps) if "exact" in s["args"]]
+    assert len(exact) == 6
+    for i, args in exact:
+        run = args[args.index("--run") + 1]
+        assert order[run] < i
+        assert args[args.index("--split") + 1] == "test"
+        assert args[args.index("--users") + 1] == "2000"
+
+
 def _write_study(path: Path, root: Path, steps: list[dict]) -> Path:
     path.write_text(yaml.safe_dump({"root": str(root), "steps": steps}))
     return path

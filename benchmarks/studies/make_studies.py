@@ -307,7 +307,8 @@ def depth_full_study() -> dict:
     and the middle layers from seeds 1 and 2. Last, the size question (is capacity the limit?):
     SFT on the `wide` preset (hidden 256, 4 layers) under the same protocol, seeds 0-2, to set
     beside this `deep` SFT and the `small` SFT of ``instruments_grouped_seeds.yaml``; then the
-    paper's centre from seeds 1 and 2. Shares the depth screen's root and SASRec."""
+    paper's centre from seeds 1 and 2, and exact ranking (the first ``EXACT_USERS`` test users)
+    of seeds 1 and 2's runs. Shares the depth screen's root and SASRec."""
     folder = "{root}/depth_full"
     steps = [sasrec_step("Instruments", "epochs=60")]
 
@@ -329,6 +330,10 @@ def depth_full_study() -> dict:
         run(f"sft_wide_s{seed}", None, seed, preset="wide")
     for seed in (1, 2):  # the paper's centre beside the SFT pairs above
         run(f"ilrec_center_s{seed}", "center", seed)
+    for seed in (1, 2):  # exact ranking (resumable; seed 0's runs were on another machine)
+        for name in ("sft", f"ilrec_{DEPTH_CONFIRM}", "ilrec_center"):
+            path, stem = f"{folder}/{name}_s{seed}", f"full_{name}_s{seed}_test_exact"
+            steps.append(evaluate(path, "test", "exact", EXACT_USERS, name=stem))
     return {"root": "runs/instruments_grouped", "env": {"OMP_NUM_THREADS": "1"}, "steps": steps}
 
 
